@@ -1,0 +1,290 @@
+"""The decoder as pure functions: `init_params`, `init_cache`, `forward`.
+
+Params are a plain nested dict. Per-layer weights are stacked on a leading L axis and the layers
+run under one `lax.scan`, so compile time does not grow with depth:
+
+  embed [V,D]            lm_head [V,D] (untied only)        final_norm [D]
+  layers/attn_norm [L,D]  q [L,D,Q,H]  k,v [L,D,K,H]  o [L,Q,H,D]
+         q_bias [L,Q,H]  k_bias,v_bias [L,K,H]           (qwen2)
+         q_norm,k_norm [L,H]                              (qwen3, gemma3)
+         post_attn_norm [L,D]  post_mlp_norm [L,D]        (gemma3)
+         mlp_norm [L,D]  gate,up [L,D,F]  down [L,F,D]
+
+The KV cache is an explicit pytree passed in and returned:
+  k, v [L,N,C,K,H]; pos [N,C] int32 (RoPE position held by each slot, -1 = empty or padding);
+  index [] int32 (next slot to write; rows are aligned because prompts are left-padded).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from tokenrl.models import layers as L
+from tokenrl.models.config import ModelConfig
+
+Params = dict[str, Any]
+Cache = dict[str, jax.Array]
+
+
+def param_specs(config: ModelConfig) -> dict[str, Any]:
+  """Nested dict of (shape, logical axis names) for every parameter of `config`.
+
+  The single source of truth for init, eval_shape, HF loading and sharding rules.
+  """
+  c = config
+  Ld, D, F, Q, K, H, V = c.num_layers, c.dim, c.mlp_dim, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size
+  layer = {
+      "attn_norm": ((Ld, D), ("layers", "norm")),
+      "q": ((Ld, D, Q, H), ("layers", "embed", "heads", "head_dim")),
+      "k": ((Ld, D, K, H), ("layers", "embed", "kv_heads", "head_dim")),
+      "v": ((Ld, D, K, H), ("layers", "embed", "kv_heads", "head_dim")),
+      "o": ((Ld, Q, H, D), ("layers", "heads", "head_dim", "embed")),
+      "mlp_norm": ((Ld, D), ("layers", "norm")),
+      "gate": ((Ld, D, F), ("layers", "embed", "mlp")),
+      "up": ((Ld, D, F), ("layers", "embed", "mlp")),
+      "down": ((Ld, F, D), ("layers", "mlp", "embed")),
+  }
+  if c.qkv_bias:
+    layer["q_bias"] = ((Ld, Q, H), ("layers", "heads", "head_dim"))
+    layer["k_bias"] = ((Ld, K, H), ("layers", "kv_heads", "head_dim"))
+    layer["v_bias"] = ((Ld, K, H), ("layers", "kv_heads", "head_dim"))
+  if c.qk_norm:
+    layer["q_norm"] = ((Ld, H), ("layers", "norm"))
+    layer["k_norm"] = ((Ld, H), ("layers", "norm"))
+  if c.post_norms:
+    layer["post_attn_norm"] = ((Ld, D), ("layers", "norm"))
+    layer["post_mlp_norm"] = ((Ld, D), ("layers", "norm"))
+  specs = {"embed": ((V, D), ("vocab", "embed")), "layers": layer, "final_norm": ((D,), ("norm",))}
+  if not c.tie_embeddings:
+    specs["lm_head"] = ((V, D), ("vocab", "embed"))
+  return specs
+
+
+def _is_spec(x: Any) -> bool:
+  return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], tuple)
+
+
+def param_logical_axes(config: ModelConfig) -> dict[str, Any]:
+  """Same tree as the params, each leaf the tuple of logical axis names."""
+  return jax.tree.map(lambda s: s[1], param_specs(config), is_leaf=_is_spec)
+
+
+def param_shapes(config: ModelConfig) -> dict[str, Any]:
+  return jax.tree.map(lambda s: s[0], param_specs(config), is_leaf=_is_spec)
+
+
+def init_params(config: ModelConfig, rng: jax.Array, dtype: Any = jnp.float32) -> Params:
+  """Random params: norms at identity, projections N(0, 1/fan_in), embeddings N(0, 1/D).
+
+  With unit-RMS hidden states this keeps activations and (tied) logits at O(1) scale, which
+  trains tiny models from scratch well; output projections are further scaled by 1/sqrt(2L).
+  """
+  specs = param_specs(config)
+  flat, treedef = jax.tree.flatten_with_path(specs, is_leaf=_is_spec)
+  keys = jax.random.split(rng, len(flat))
+  depth_scale = (2 * config.num_layers) ** -0.5
+  leaves = []
+  for (path, (shape, axes)), key in zip(flat, keys):
+    name = path[-1].key
+    if axes[-1] == "norm":
+      value = jnp.zeros(shape) if config.norm_plus_one else jnp.ones(shape)
+    elif name.endswith("_bias"):
+      value = jnp.zeros(shape)
+    elif name in ("embed", "lm_head"):
+      value = jax.random.normal(key, shape) * config.dim**-0.5
+    else:
+      fan_in = {"q": config.dim, "k": config.dim, "v": config.dim, "gate": config.dim,
+                "up": config.dim, "o": config.num_heads * config.head_dim,
+                "down": config.mlp_dim}[name]
+      value = jax.random.normal(key, shape) * fan_in**-0.5
+      if name in ("o", "down"):
+        value = value * depth_scale
+    leaves.append(value.astype(dtype))
+  return jax.tree.unflatten(treedef, leaves)
+
+
+def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any = jnp.float32) -> Cache:
+  """An empty KV cache for `batch` rows (N) and `length` slots (C)."""
+  shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+  return {
+      "k": jnp.zeros(shape, dtype),
+      "v": jnp.zeros(shape, dtype),
+      "pos": jnp.full((batch, length), -1, jnp.int32),
+      "index": jnp.zeros((), jnp.int32),
+  }
+
+
+def _concrete_int(x: Any) -> int | None:
+  try:
+    return int(x)
+  except (jax.errors.ConcretizationTypeError, TypeError):
+    return None
+
+
+def _validate(params: Params, tokens: jax.Array, config: ModelConfig, cache: Cache | None) -> None:
+  if tokens.ndim != 2:
+    raise ValueError(f"tokens must be [N,S] int, got shape {tokens.shape}")
+  if not jnp.issubdtype(tokens.dtype, jnp.integer):
+    raise ValueError(f"tokens must be integer token ids, got dtype {tokens.dtype}")
+  embed_shape = params["embed"].shape
+  if embed_shape != (config.vocab_size, config.dim):
+    raise ValueError(
+        f"params['embed'] has shape {embed_shape}, config expects {(config.vocab_size, config.dim)}")
+  if not isinstance(tokens, jax.core.Tracer):
+    lo, hi = int(jnp.min(tokens)), int(jnp.max(tokens))
+    if lo < 0 or hi >= config.vocab_size:
+      raise ValueError(f"tokens hold ids in [{lo}, {hi}], outside the vocabulary [0, {config.vocab_size})")
+  if cache is not None:
+    length = cache["pos"].shape[1]
+    if cache["k"].shape[1] != tokens.shape[0]:
+      raise ValueError(f"cache has {cache['k'].shape[1]} rows, tokens has {tokens.shape[0]}")
+    index = _concrete_int(cache["index"])
+    if index is not None and index + tokens.shape[1] > length:
+      raise ValueError(
+          f"cache of length {length} at index {index} cannot take {tokens.shape[1]} more tokens")
+
+
+def segments_from_padding(tokens: jax.Array, pad_id: int) -> jax.Array:
+  """segment_ids [N,S]: 0 on leading (left) pad tokens, 1 after the first non-pad token.
+
+  Only *leading* pads count, so a pad id that doubles as EOS inside a sequence stays visible.
+  """
+  return jax.lax.cummax((tokens != pad_id).astype(jnp.int32), axis=1)
+
+
+def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
+  """positions [N,S]: index within each contiguous segment; 0 on padding (segment 0)."""
+  s = segment_ids.shape[1]
+  idx = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), segment_ids.shape)
+  prev = jnp.pad(segment_ids[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+  start = jax.lax.cummax(jnp.where(segment_ids != prev, idx, 0), axis=1)
+  return jnp.where(segment_ids != 0, idx - start, 0)
+
+
+def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
+            positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
+            cache: Cache | None = None, return_hidden: bool = False,
+            remat: bool = False) -> tuple[jax.Array, Cache | None]:
+  """Run the decoder on tokens [N,S].
+
+  Args:
+    params: nested dict (see module docstring).
+    tokens: int [N,S] token ids.
+    config: the static ModelConfig.
+    positions: int [N,S] RoPE positions. Default: derived from segment_ids (restarting at 0 in
+      each segment) or, with a cache, continuing after the last position held by the cache.
+    segment_ids: int [N,S]; 0 = padding, equal non-zero ids attend to each other (packing).
+      Default: leading `config.pad_id` tokens are padding (left-padded batches) when there is
+      no cache; all tokens valid when there is one (decode steps pass it explicitly).
+    cache: KV cache from `init_cache`; new keys/values are written at cache['index'].
+    return_hidden: return the final-normed hidden states [N,S,D] instead of logits, so a
+      caller can fuse the unembedding with a chunked log-prob and never hold [N,S,V].
+    remat: rematerialize each layer in the backward pass (activation memory O(1) in L).
+
+  Returns:
+    (logits [N,S,V] f32 (accumulated in f32) or hidden [N,S,D], the updated cache or None).
+  """
+  _validate(params, tokens, config, cache)
+  c = config
+  n, s = tokens.shape
+  if segment_ids is None:
+    segment_ids = (segments_from_padding(tokens, c.pad_id) if cache is None
+                   else jnp.ones((n, s), jnp.int32))
+  valid = segment_ids != 0
+  if positions is None:
+    if cache is None:
+      positions = positions_from_segments(segment_ids)
+    else:
+      start = jnp.max(cache["pos"], axis=1) + 1  # [N]
+      positions = start[:, None] + jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1
+      positions = jnp.where(valid, positions, 0)
+  positions = positions.astype(jnp.int32)
+
+  # Visibility [N,S,C] without the sliding window, and query-key distances for it.
+  q_idx = jnp.arange(s)
+  if cache is None:
+    causal = q_idx[:, None] >= q_idx[None, :]
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & valid[:, None, :]
+    mask = causal[None] & same
+    distance = positions[:, :, None] - positions[:, None, :]
+    write_at = None
+  else:
+    write_at = cache["index"]
+    kpos = jax.lax.dynamic_update_slice(cache["pos"], jnp.where(valid, positions, -1), (0, write_at))
+    slots = jnp.arange(kpos.shape[1])
+    causal = slots[None, :] <= write_at + q_idx[:, None]  # [S,C]
+    mask = causal[None] & (kpos[:, None, :] >= 0) & (kpos[:, None, :] <= positions[:, :, None])
+    distance = positions[:, :, None] - kpos[:, None, :]
+
+  cos_g, sin_g = L.rope_tables(positions, c.rope, c.head_dim)
+  if c.local_rope is not None:
+    cos_l, sin_l = L.rope_tables(positions, c.local_rope, c.head_dim)
+  else:
+    cos_l, sin_l = cos_g, sin_g
+
+  x = params["embed"][tokens]
+  if c.embed_scale != 1.0:
+    x = x * jnp.asarray(c.embed_scale, x.dtype)
+  norm = lambda y, w: L.rms_norm(y, w, eps=c.norm_eps, plus_one=c.norm_plus_one)
+
+  def layer_fn(carry, xs):
+    x, cache_k, cache_v = carry
+    p, window, layer_idx = xs
+    is_local = window > 0
+    h = norm(x, p["attn_norm"])
+    q = jnp.einsum("nsd,dqh->nsqh", h, p["q"])
+    k = jnp.einsum("nsd,dkh->nskh", h, p["k"])
+    v = jnp.einsum("nsd,dkh->nskh", h, p["v"])
+    if c.qkv_bias:
+      q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+    if c.qk_norm:
+      q, k = norm(q, p["q_norm"]), norm(k, p["k_norm"])
+    cos = jnp.where(is_local, cos_l, cos_g)
+    sin = jnp.where(is_local, sin_l, sin_g)
+    q, k = L.apply_rope(q, cos, sin), L.apply_rope(k, cos, sin)
+    if cache_k is not None:
+      start = (layer_idx, 0, write_at, 0, 0)
+      cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
+      cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
+      k = jax.lax.dynamic_index_in_dim(cache_k, layer_idx, 0, keepdims=False)
+      v = jax.lax.dynamic_index_in_dim(cache_v, layer_idx, 0, keepdims=False)
+    layer_mask = mask & ((window == 0) | (distance < window))
+    attn = L.attention(q, k.astype(q.dtype), v.astype(q.dtype), layer_mask, scale=c.attn_scale,
+                       softcap=c.attn_logit_softcap)
+    attn = jnp.einsum("nsqh,qhd->nsd", attn, p["o"])
+    if c.post_norms:
+      attn = norm(attn, p["post_attn_norm"])
+    x = x + attn
+    h = norm(x, p["mlp_norm"])
+    h = L.gated_mlp(h, p["gate"], p["up"], p["down"], activation=c.activation)
+    if c.post_norms:
+      h = norm(h, p["post_mlp_norm"])
+    return (x + h, cache_k, cache_v), None
+
+  if remat:
+    layer_fn = jax.checkpoint(layer_fn)
+  windows = jnp.asarray(c.layer_windows, jnp.int32)
+  carry = (x, None, None) if cache is None else (x, cache["k"], cache["v"])
+  xs = (params["layers"], windows, jnp.arange(c.num_layers, dtype=jnp.int32))
+  (x, cache_k, cache_v), _ = jax.lax.scan(layer_fn, carry, xs)
+
+  new_cache = None
+  if cache is not None:
+    new_cache = {"k": cache_k, "v": cache_v, "pos": kpos, "index": cache["index"] + s}
+  hidden = norm(x, params["final_norm"])
+  if return_hidden:
+    return hidden, new_cache
+  return unembed(params, hidden, config=c), new_cache
+
+
+def unembed(params: Params, hidden: jax.Array, *, config: ModelConfig) -> jax.Array:
+  """logits [..., V] in f32 from hidden [..., D] (tied embeddings or lm_head, optional softcap)."""
+  table = params["embed"] if config.tie_embeddings else params["lm_head"]
+  logits = jnp.einsum("...d,vd->...v", hidden, table, preferred_element_type=jnp.float32)
+  if config.final_logit_softcap is not None:
+    cap = config.final_logit_softcap
+    logits = jnp.tanh(logits / cap) * cap
+  return logits
