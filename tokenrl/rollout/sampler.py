@@ -1,0 +1,196 @@
+"""The rollout sampler: one jitted prefill + one `lax.while_loop` decode over the KV cache.
+
+    rollout = sample(params, prompts, config=cfg, rng=key, max_new_tokens=64,
+                     temperature=1.0, top_k=0, top_p=1.0, num_samples=8)
+
+Prompts are left-padded and their length rounded up to a bucket, so the number of compiles
+is bounded by the number of buckets, not by the number of distinct prompt lengths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tokenrl.models import transformer
+from tokenrl.models.config import ModelConfig
+from tokenrl.rollout.sampling import choose_tokens
+from tokenrl.types import Rollout
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DecodeContext:
+  """What a logit processor sees at each decode step.
+
+  step   int32 []     index (0-based) of the completion token being chosen.
+  tokens int32 [N,T]  completion tokens chosen so far (pad_id beyond `step`).
+  done   bool  [N]    rows that already emitted a stop token.
+  """
+
+  step: jax.Array
+  tokens: jax.Array
+  done: jax.Array
+
+
+# (logits f32 [N,V] after temperature, context) -> logits f32 [N,V]. Must be a pure, hashable
+# function (it is a static argument of the jitted sampler).
+LogitProcessor = Callable[[jax.Array, DecodeContext], jax.Array]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SamplerState:
+  """Carry of the decode while_loop (all arrays; N rows, T = max_new_tokens)."""
+
+  step: jax.Array  # int32 [] next column of `tokens` to fill
+  cache: dict[str, jax.Array]  # KV cache, see tokenrl.models.transformer
+  tokens: jax.Array  # int32 [N,T]
+  mask: jax.Array  # int32 [N,T]
+  logprobs: jax.Array  # f32 [N,T]
+  entropy: jax.Array  # f32 [N,T]
+  done: jax.Array  # bool [N]
+
+
+def bucket_length(length: int, *, minimum: int = 16) -> int:
+  """Padded prompt length: powers of two up to 512, then multiples of 256."""
+  if length <= 512:
+    return max(minimum, 1 << max(0, int(length - 1).bit_length()))
+  return -(-length // 256) * 256
+
+
+def prepare_prompts(prompts: Any, pad_id: int, *, bucket: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens int32 [B,P], mask int32 [B,P]) left-padded to a bucketed length.
+
+  `prompts` is a list of token-id lists, or an int array [B,P] already left-padded with
+  pad_id (leading pads are padding; see transformer.segments_from_padding).
+  """
+  if isinstance(prompts, (list, tuple)):
+    if not prompts:
+      raise ValueError("prompts is empty")
+    rows = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
+  else:
+    arr = np.asarray(prompts)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+      raise ValueError(f"prompts must be an int array [B,P] or a list of id lists, got "
+                       f"{arr.dtype} array of shape {arr.shape}")
+    valid = np.maximum.accumulate(arr != pad_id, axis=1)
+    rows = [row[v] for row, v in zip(arr, valid)]
+  empty = [i for i, r in enumerate(rows) if r.size == 0]
+  if empty:
+    raise ValueError(f"prompts {empty} are empty (all padding)")
+  longest = max(r.size for r in rows)
+  width = bucket_length(longest) if bucket else longest
+  tokens = np.full((len(rows), width), pad_id, np.int32)
+  mask = np.zeros((len(rows), width), np.int32)
+  for i, r in enumerate(rows):
+    tokens[i, width - r.size:] = r
+    mask[i, width - r.size:] = 1
+  return tokens, mask
+
+
+def sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Array, max_new_tokens: int,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
+           stop_tokens: Sequence[int] | None = None, logit_processor: LogitProcessor | None = None,
+           cache_dtype: Any = None) -> Rollout:
+  """Sample `num_samples` completions per prompt.
+
+  Args:
+    params: model params (see tokenrl.models).
+    prompts: int [B,P] left-padded with config.pad_id, or a list of B token-id lists.
+    config: ModelConfig of the params.
+    rng: PRNG key. Row i of the output uses fold_in(rng, i), so its samples do not depend
+      on the other rows.
+    max_new_tokens: T, completion tokens per row.
+    temperature: 0 = greedy; > 0 divides the logits.
+    top_k: keep the k most likely tokens (0 = off). top_p: nucleus mass (1.0 = off).
+    num_samples: G, completions per prompt; rows g·B..: groups are contiguous (row b·G + g).
+    stop_tokens: ids that end a completion (default config.eos_ids); included in the mask.
+    logit_processor: optional pure function (logits [N,V], DecodeContext) -> logits.
+    cache_dtype: KV cache dtype (default: the embedding dtype).
+
+  Returns:
+    Rollout with tokens/mask/logprobs/entropy [N,T], N = B·G.
+  """
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0, got {temperature}")
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+  tokens, mask = prepare_prompts(prompts, config.pad_id)
+  if tokens.max() >= config.vocab_size or tokens.min() < 0:
+    raise ValueError(f"prompts hold token ids in [{tokens.min()}, {tokens.max()}], outside the "
+                     f"vocabulary [0, {config.vocab_size})")
+  length = tokens.shape[1] + max_new_tokens
+  if length > config.max_seq_len:
+    raise ValueError(f"prompt bucket {tokens.shape[1]} + max_new_tokens {max_new_tokens} = {length} "
+                     f"exceeds the model's max_seq_len {config.max_seq_len}")
+  if num_samples > 1:
+    tokens = np.repeat(tokens, num_samples, axis=0)
+    mask = np.repeat(mask, num_samples, axis=0)
+  stops = tuple(int(t) for t in (config.eos_ids if stop_tokens is None else stop_tokens))
+  dtype = jnp.dtype(cache_dtype) if cache_dtype is not None else params["embed"].dtype
+  return _generate(params, jnp.asarray(tokens), jnp.asarray(mask), rng,
+                   jnp.asarray(temperature, jnp.float32), config=config,
+                   max_new_tokens=max_new_tokens, top_k=int(top_k), top_p=float(top_p),
+                   stop_tokens=stops, logit_processor=logit_processor, cache_dtype=dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "top_k", "top_p",
+                                             "stop_tokens", "logit_processor", "cache_dtype"))
+def _generate(params, prompt_tokens, prompt_mask, rng, temperature, *, config, max_new_tokens,
+              top_k, top_p, stop_tokens, logit_processor, cache_dtype) -> Rollout:
+  n, p = prompt_tokens.shape
+  steps = max_new_tokens
+  cache = transformer.init_cache(config, n, p + steps, cache_dtype)
+  logits, cache = transformer.forward(params, prompt_tokens, config=config,
+                                      segment_ids=prompt_mask, cache=cache)
+  row_keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(n))
+  greedy = temperature <= 0
+  stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
+
+  def choose(state: SamplerState, logits: jax.Array) -> SamplerState:
+    t = state.step
+    scaled = logits.astype(jnp.float32) / jnp.where(greedy, 1.0, temperature)
+    if logit_processor is not None:
+      scaled = logit_processor(scaled, DecodeContext(t, state.tokens, state.done))
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(row_keys)
+    token, logp, ent = choose_tokens(scaled, keys, greedy=greedy, top_k=top_k, top_p=top_p)
+    live = ~state.done
+    token = jnp.where(live, token, config.pad_id)
+    put = lambda buf, val: jax.lax.dynamic_update_index_in_dim(buf, val.astype(buf.dtype), t, axis=1)
+    return dataclasses.replace(
+        state, step=t + 1,
+        tokens=put(state.tokens, token), mask=put(state.mask, live),
+        logprobs=put(state.logprobs, jnp.where(live, logp, 0.0)),
+        entropy=put(state.entropy, jnp.where(live, ent, 0.0)),
+        done=state.done | (live & jnp.isin(token, stops)))
+
+  state = SamplerState(
+      step=jnp.zeros((), jnp.int32), cache=cache,
+      tokens=jnp.full((n, steps), config.pad_id, jnp.int32), mask=jnp.zeros((n, steps), jnp.int32),
+      logprobs=jnp.zeros((n, steps), jnp.float32), entropy=jnp.zeros((n, steps), jnp.float32),
+      done=jnp.zeros((n,), bool))
+  state = choose(state, logits[:, -1])
+
+  def cond(state: SamplerState) -> jax.Array:
+    return (state.step < steps) & ~jnp.all(state.done)
+
+  def body(state: SamplerState) -> SamplerState:
+    last = jax.lax.dynamic_index_in_dim(state.tokens, state.step - 1, axis=1)  # [N,1]
+    logits, cache = transformer.forward(params, last, config=config, cache=state.cache,
+                                        segment_ids=jnp.ones_like(last))
+    return choose(dataclasses.replace(state, cache=cache), logits[:, -1])
+
+  state = jax.lax.while_loop(cond, body, state)
+  return Rollout(tokens=state.tokens, mask=state.mask, logprobs=state.logprobs,
+                 entropy=state.entropy, prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,
+                 truncated=~state.done)
