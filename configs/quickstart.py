@@ -1,0 +1,49 @@
+"""Quickstart: a tiny Qwen2-style model learns 1-2 digit addition/subtraction with GRPO.
+
+Command (fresh machine, 2 CPU cores):
+  tokenrl train --config configs/quickstart.py --workdir runs/quickstart
+Hardware: any CPU (2 cores is enough); GPU/TPU also work unchanged.
+What it does: SFT warm-up on (prompt, answer) pairs, deliberately short so the model is only
+  partly right, then GRPO with the exact-answer reward on rollouts of 8 per prompt.
+Expected result: see README "Main job" (held-out greedy accuracy after warm-up vs after GRPO,
+  measured on 2 CPU cores, with the wall time in summary.json).
+"""
+
+from tokenrl.config import base_config
+
+
+def get_config(arg=None):
+  c = base_config()
+  c.seed = 0
+  c.model.preset = "tiny"
+  c.model.family = "qwen2"
+  c.model.dim = 128
+  c.model.num_layers = 2
+  c.model.num_heads = 4
+  c.model.num_kv_heads = 2
+  c.model.mlp_dim = 384
+  c.model.max_seq_len = 64
+  c.data.task = "arith"
+  c.data.tiers = "add:1-2,sub:1-2"
+  c.data.tokenizer = "char"
+  c.data.batch_size = 16
+  c.data.eval_size = 256
+  c.sampler.max_new_tokens = 6
+  c.rl.objective = "grpo"
+  c.rl.num_generations = 8
+  c.optimizer.name = "adamw"
+  c.optimizer.learning_rate = 1e-3
+  c.train.sft_steps = 150
+  c.train.sft_batch_size = 64
+  c.train.sft_learning_rate = 3e-3
+  c.train.max_steps = 150
+  c.train.checkpoint_every = 50
+  c.train.eval_num_samples = 4
+  if arg == "smoke":  # a few steps of each phase, for tests and notebooks
+    c.train.sft_steps = 4
+    c.train.max_steps = 3
+    c.train.checkpoint_every = 2
+    c.data.eval_size = 16
+    c.data.batch_size = 4
+    c.rl.num_generations = 4
+  return c

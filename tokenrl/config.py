@@ -1,0 +1,102 @@
+"""The locked base config: every field, its default, one comment each.
+
+Experiment files in `configs/` start from `base_config()` and override fields; the CLI loads
+them with `ml_collections.config_flags`, so `--config.rl.objective=dapo` works and a misspelled
+key fails at start-up with the key named. Code reads fields directly, never `.get(key, default)`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from tokenrl.objectives.config import rl_config
+from tokenrl.optim.builder import optimizer_config
+
+
+def model_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.preset = "tiny"         # tokenrl.models.PRESETS name; ignored when hf_path is set
+  c.hf_path = ""            # local Hugging Face folder (config.json + safetensors); "" = preset
+  c.dtype = "float32"       # param dtype: float32 | bfloat16 (logits/log-probs accumulate in f32)
+  c.remat = False           # rematerialize each layer in the backward pass
+  # Shape of the 'tiny' preset (vocab comes from the tokenizer): a model trained from scratch.
+  c.family = "qwen2"        # llama | qwen2 | qwen3 | gemma3
+  c.dim = 128               # D
+  c.num_layers = 2          # L
+  c.num_heads = 4           # Q
+  c.num_kv_heads = 2        # K
+  c.mlp_dim = 384           # F
+  c.max_seq_len = 256       # longest prompt + completion
+  return c
+
+
+def data_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "arith"          # arith | sort | countdown (embedded) | gsm8k (TFDS) | jsonl
+  c.tiers = ""              # task difficulty, e.g. 'add:1-2,sub:1-2' ("" = the task's default)
+  c.jsonl_path = ""         # {prompt, answer} lines when task = 'jsonl'
+  c.tfds_data_dir = ""      # TFDS data_dir for gsm8k ("" = $TFDS_DATA_DIR or the TFDS default)
+  c.tokenizer = "char"      # 'char' (built-in) or a folder with tokenizer.json; "" = the model's
+  c.chat_template = False   # render prompts with the tokenizer's chat template
+  c.train_size = 20_000     # embedded tasks: training examples drawn from the seed
+  c.eval_size = 256         # held-out examples used for accuracy / pass@k
+  c.batch_size = 16         # B: prompts per RL step
+  c.max_prompt_len = 32     # longer prompts are an error, never truncated
+  return c
+
+
+def sampler_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.max_new_tokens = 8      # T: completion tokens per rollout
+  c.top_k = 0               # 0 = off
+  c.top_p = 1.0             # 1.0 = off
+  return c
+
+
+def reward_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.format_weight = 0.0     # weight of the format reward added to the task reward
+  c.timeout_s = 5.0         # per-call timeout; a timeout scores 0 and is counted
+  c.max_workers = 2         # reward worker processes
+  return c
+
+
+def train_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.max_steps = 200         # RL steps
+  c.sft_steps = 0           # supervised warm-up steps on (prompt, answer) before RL
+  c.sft_batch_size = 64     # sequences per SFT step
+  c.sft_learning_rate = 3e-3  # SFT warm-up learning rate (AdamW, constant after warm-up)
+  c.micro_batch_size = 0    # sequences per gradient micro-batch; 0 = the whole minibatch
+  c.mini_batches = 1        # optimizer steps per rollout batch per iteration
+  c.log_every = 10          # steps between progress/metric flushes (metrics.jsonl every step)
+  c.eval_every = 0          # steps between held-out evaluations; 0 = start and end only
+  c.eval_num_samples = 4    # k for pass@k at evaluation
+  c.checkpoint_every = 50   # steps between orbax checkpoints; 0 = only at the end
+  c.keep_checkpoints = 2    # checkpoints kept on disk
+  c.async_checkpoint = True  # save in the background while training continues
+  return c
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.data = -1               # data-parallel axis size; -1 = all remaining devices
+  c.fsdp = 1                # fully-sharded axis size (params/optimizer state sharded)
+  c.tensor = 1              # tensor-parallel axis size (heads / MLP / vocab)
+  return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field of a tokenrl run; locked so unknown keys are errors."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0                # one seed for init, data order and sampling
+  c.model = model_config()
+  c.data = data_config()
+  c.sampler = sampler_config()
+  c.rewards = reward_config()
+  c.rl = rl_config()
+  c.optimizer = optimizer_config()
+  c.train = train_config()
+  c.mesh = mesh_config()
+  c.lock()
+  return c

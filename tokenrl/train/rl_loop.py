@@ -1,0 +1,284 @@
+"""The main job: optional SFT warm-up, then token-level RL, with evaluation, checkpoints and
+metrics. `train(config, workdir)` is what `tokenrl train` runs.
+
+Global step g counts SFT steps then RL steps. Sampling at RL step s uses
+fold_in(key(seed), s), data order comes from checkpointed grain iterators, and the rewards are
+deterministic, so a run resumed from a checkpoint continues bitwise identically (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from tokenrl import objectives as obj
+from tokenrl.data.pipeline import make_dataset
+from tokenrl.data.prompts import decode_completions
+from tokenrl.data.reward_runner import RewardRunner
+from tokenrl.eval import evaluate
+from tokenrl.optim import build_optimizer
+from tokenrl.rollout import sample
+from tokenrl.train import batches
+from tokenrl.train import steps as steps_lib
+from tokenrl.train.checkpoint import Checkpointer
+from tokenrl.train.metrics import MetricsWriter, plot_curves
+from tokenrl.train.setup import build_run, encode_prompts
+
+
+class _Preemption:
+  """SIGTERM sets a flag; the loop saves a checkpoint at the end of the step and exits."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _sft_tx(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  warmup = max(1, cfg.train.sft_steps // 10)
+  lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.train.sft_learning_rate, warmup),
+                             optax.constant_schedule(cfg.train.sft_learning_rate)], [warmup])
+  return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr, weight_decay=0.0))
+
+
+def _advantages(rewards: np.ndarray, opts: dict[str, Any]) -> np.ndarray:
+  g = opts["num_generations"]
+  r = jnp.asarray(rewards)
+  if opts["advantage_estimator"] == "grpo":
+    a = obj.group_relative_advantages(r, g, scale_rewards=opts["scale_rewards"],
+                                      epsilon=opts["advantage_epsilon"],
+                                      ddof=opts["advantage_std_ddof"])
+  elif opts["advantage_estimator"] == "rloo":
+    a = obj.rloo_advantages(r, g)
+  else:
+    raise ValueError(f"rl.advantage_estimator={opts['advantage_estimator']!r} needs a value head, "
+                     "which this train loop does not build yet; use 'grpo' or 'rloo'")
+  return np.asarray(a)
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Run the job described by `cfg` in `workdir` (resuming if it holds a checkpoint)."""
+  start_time = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  opts = obj.resolve_objective(cfg.rl)
+  loss_options = {k: opts[k] for k in obj.POLICY_LOSS_OPTIONS}
+  run = build_run(cfg)
+  tok, model = run.tokenizer, run.model
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(cfg.to_json_best_effort(indent=2))
+
+  sft_steps, rl_steps = cfg.train.sft_steps, cfg.train.max_steps
+  total = sft_steps + rl_steps
+  G, T = opts["num_generations"], cfg.sampler.max_new_tokens
+  sft_tx, rl_tx = _sft_tx(cfg), build_optimizer(cfg.optimizer, rl_steps)
+  sft_it = make_dataset(run.train_examples, batch_size=cfg.train.sft_batch_size, seed=cfg.seed)
+  rl_it = make_dataset(run.train_examples, batch_size=cfg.data.batch_size, seed=cfg.seed + 1)
+  eval_prompts = encode_prompts(cfg, tok, run.eval_examples)
+
+  ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpoint)
+  meta: dict[str, Any] = {"evals": [], "baseline": None}
+  step = 0
+  phase_of = lambda g: "sft" if g < sft_steps else "rl"
+  state = steps_lib.create_state(run.params, sft_tx if sft_steps else rl_tx)
+  if ckpt.latest_step() is not None:
+    step = ckpt.latest_step()
+    # The saved state's optimizer is the SFT one until the RL phase has started.
+    tx = sft_tx if ckpt.restore_meta(step)["state_kind"] == "sft" else rl_tx
+    state, meta = ckpt.restore(steps_lib.create_state(run.params, tx))
+    sft_it.set_state(meta["sft_iterator"])
+    rl_it.set_state(meta["rl_iterator"])
+    logging.info("resumed from %s at step %d", ckpt.directory, step)
+
+  writer = MetricsWriter(workdir, total_steps=total, initial_step=step, enabled=is_main)
+  runner = RewardRunner(run.reward_fns, run.reward_weights, timeout_s=cfg.rewards.timeout_s,
+                        max_workers=cfg.rewards.max_workers)
+  preempt = _Preemption()
+  sft_step = steps_lib.make_sft_step(sft_tx, config=model, micro_batch_size=cfg.train.micro_batch_size,
+                                     remat=cfg.model.remat)
+  pg_steps: dict[int, Any] = {}
+  logprob_fns: dict[int, Any] = {}
+  ref_params = None
+  base_key = jax.random.key(cfg.seed)
+
+  def run_eval(g: int) -> dict[str, float]:
+    result = evaluate(state.params, config=model, tokenizer=tok, examples=run.eval_examples,
+                      prompt_ids=eval_prompts, reward_fn=run.verifier, max_new_tokens=T,
+                      num_samples=cfg.train.eval_num_samples, temperature=opts["temperature"],
+                      rng=jax.random.fold_in(base_key, 2 ** 30 + g))
+    result["step"] = g
+    meta["evals"].append(result)
+    writer.log(f"eval @ step {g}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items() if k != "step"))
+    return result
+
+  def save(g: int, force: bool = False) -> None:
+    kind = "sft" if sft_steps and meta["baseline"] is None else "rl"
+    meta.update(sft_iterator=sft_it.get_state(), rl_iterator=rl_it.get_state(), state_kind=kind)
+    ckpt.save(g, state, json.loads(json.dumps(meta, default=_jsonable)), force=force)
+
+  try:
+    while step < total:
+      t0 = time.time()
+      if step == sft_steps and meta["baseline"] is None:
+        if sft_steps:  # switch optimizer: the RL phase starts from the warm-up params
+          state = steps_lib.create_state(state.params, rl_tx)
+        meta["baseline"] = run_eval(step)
+      if phase_of(step) == "sft":
+        examples = next(sft_it)
+        batch = batches.sft_batch(encode_prompts(cfg, tok, examples), examples, tok)
+        state, m = sft_step(state, batch)
+        metrics = {k: float(v) for k, v in m.items()}
+      else:
+        if opts["beta"] > 0 and ref_params is None:
+          ref_params = jax.tree.map(jnp.copy, state.params)
+        state, metrics = _rl_step(cfg, opts, loss_options, state, rl_it, run, runner, pg_steps,
+                                  logprob_fns, ref_params, rl_tx,
+                                  jax.random.fold_in(base_key, step), T)
+      metrics["step_seconds"] = time.time() - t0
+      writer.write(step, metrics, phase=phase_of(step))
+      step += 1
+      every = cfg.train.checkpoint_every
+      if preempt.requested:
+        writer.log(f"SIGTERM: saving checkpoint at step {step} and exiting")
+        save(step, force=True)
+        ckpt.wait()
+        return {"preempted": True, "steps": step}
+      if every and step % every == 0 and step < total:
+        save(step)
+      if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total and step > sft_steps:
+        run_eval(step)
+    if meta["baseline"] is None:
+      meta["baseline"] = run_eval(step)
+    final = run_eval(step)
+    save(step, force=True)
+    ckpt.wait()
+  finally:
+    preempt.restore()
+    runner.close()
+    writer.close()
+    ckpt.close()
+
+  summary = {
+      "baseline_accuracy": meta["baseline"]["accuracy"],
+      "final_accuracy": final["accuracy"],
+      "accuracy_gain": final["accuracy"] - meta["baseline"]["accuracy"],
+      **{f"final_{k}": v for k, v in final.items() if k not in ("accuracy", "step")},
+      "wall_seconds": time.time() - start_time,
+      "steps": step,
+      "sft_steps": sft_steps,
+      "rl_steps": rl_steps,
+      "objective": opts["objective"],
+      "skipped_updates": int(state.skipped),
+      "evals": meta["evals"],
+  }
+  if is_main:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    plot_curves(workdir, meta["evals"])
+    _print_summary(summary)
+  return summary
+
+
+def _jsonable(x: Any) -> Any:
+  if isinstance(x, (np.integer, np.floating)):
+    return x.item()
+  if isinstance(x, bytes):
+    return x.decode()
+  raise TypeError(f"cannot store {type(x).__name__} in checkpoint metadata")
+
+
+def _rl_step(cfg, opts, loss_options, state, rl_it, run, runner, pg_steps, logprob_fns, ref_params,
+             tx, key, T):
+  """One rollout + reward + `num_iterations` policy updates; returns (state, metrics)."""
+  tok, model = run.tokenizer, run.model
+  G = opts["num_generations"]
+  t0 = time.time()
+  examples = next(rl_it)
+  prompt_ids = encode_prompts(cfg, tok, examples)
+  rollout = sample(state.params, prompt_ids, config=model, rng=key, max_new_tokens=T,
+                   temperature=opts["temperature"], top_k=cfg.sampler.top_k, top_p=cfg.sampler.top_p,
+                   num_samples=G, stop_tokens=tuple(tok.eos_token_ids))
+  tokens, mask = np.asarray(rollout.tokens), np.asarray(rollout.mask)
+  t_rollout = time.time() - t0
+  texts = decode_completions(tok, tokens, mask)
+  rew = runner(texts, [ex for ex in examples for _ in range(G)])
+  rewards = rew.rewards.copy()
+  lengths = mask.sum(axis=1)
+  if opts["overlong_buffer_len"]:
+    rewards += np.asarray(obj.overlong_reward_penalty(
+        jnp.asarray(lengths), T, min(opts["overlong_buffer_len"], T), opts["overlong_penalty_factor"]))
+  advantages = _advantages(rewards, opts)
+  kept_groups = len(examples)
+  if opts["dynamic_sampling"]:
+    # Groups with equal rewards have zero advantage; they stay in the batch (static shapes)
+    # but carry no loss: their mask is zeroed so they do not dilute the denominators.
+    keep = obj.dynamic_sampling_groups(rew.per_fn["task"], G)
+    row_keep = np.zeros(len(rewards), bool)
+    for g in keep:
+      row_keep[g * G:(g + 1) * G] = True
+    mask = mask * row_keep[:, None]
+    kept_groups = len(keep)
+  if opts["mask_truncated_completions"]:
+    mask = np.asarray(obj.mask_truncated_completions(jnp.asarray(mask), jnp.asarray(tokens),
+                                                     tok.eos_token_ids))
+  weights = np.ones(mask.shape, np.float32)
+  if opts["top_entropy_quantile"] < 1.0:
+    weights = np.asarray(obj.top_entropy_mask(jnp.asarray(rollout.entropy), jnp.asarray(mask),
+                                              opts["top_entropy_quantile"]))
+  batch = batches.pg_batch(rollout, advantages=advantages, mask=mask, token_weights=weights)
+  P = batch["tokens"].shape[1] - T
+  if P not in pg_steps:
+    pg_steps[P] = steps_lib.make_pg_step(tx, config=model, prompt_len=P, loss_options=loss_options,
+                                         temperature=opts["temperature"],
+                                         micro_batch_size=cfg.train.micro_batch_size,
+                                         remat=cfg.model.remat)
+    logprob_fns[P] = steps_lib.make_logprob_fn(config=model, prompt_len=P,
+                                               temperature=opts["temperature"])
+  multi_update = opts["num_iterations"] > 1 or cfg.train.mini_batches > 1
+  if multi_update:
+    batch["old_logp"] = np.asarray(logprob_fns[P](state.params, batch["tokens"], batch["segment_ids"])[0])
+  if ref_params is not None:
+    batch["ref_logp"] = np.asarray(logprob_fns[P](ref_params, batch["tokens"], batch["segment_ids"])[0])
+  t1 = time.time()
+  metrics: dict[str, float] = {}
+  for _ in range(opts["num_iterations"]):
+    for rows in batches.group_minibatches(len(rewards), G, cfg.train.mini_batches):
+      state, m = pg_steps[P](state, {k: v[rows] for k, v in batch.items()})
+  metrics.update({k: float(v) for k, v in m.items()})
+  valid = mask.sum()
+  metrics.update(
+      reward=float(rew.rewards.mean()), accuracy=float((rew.per_fn["task"] >= 1).mean()),
+      reward_std=float(rew.rewards.std()), completion_length=float(lengths.mean()),
+      truncated_fraction=float(np.asarray(rollout.truncated).mean()),
+      sampler_entropy=float((np.asarray(rollout.entropy) * mask).sum() / max(valid, 1)),
+      kept_groups=float(kept_groups), reward_errors=float(rew.stats["reward_errors"]),
+      reward_timeouts=float(rew.stats["reward_timeouts"]),
+      rollout_seconds=t_rollout, update_seconds=time.time() - t1,
+      tokens_per_second=float(lengths.sum()) / max(t_rollout, 1e-9))
+  return state, metrics
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+  rows = [(k, v) for k, v in summary.items() if not isinstance(v, (list, dict))]
+  width = max(len(k) for k, _ in rows)
+  print("\n" + "=" * (width + 16))
+  for k, v in rows:
+    print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+  print("=" * (width + 16))

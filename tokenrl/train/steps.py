@@ -1,0 +1,163 @@
+"""Jitted train steps: `TrainState`, SFT cross-entropy and the policy-gradient update.
+
+Each step takes a state and a batch of arrays and returns `(state, metrics)`; the state is
+donated. A minibatch is split into micro-batches whose gradients are summed under one
+`lax.scan`; every micro-batch loss is divided by the denominator of the *whole* minibatch
+(`loss_denominator`), so accumulation equals one big batch. A non-finite loss or gradient
+skips the update (params and optimizer state unchanged) and is counted in the metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from tokenrl.models import transformer
+from tokenrl.models.config import ModelConfig
+from tokenrl.objectives import loss_denominator, policy_loss, token_logprobs
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+  step: jax.Array  # int32 [] optimizer updates applied
+  params: Any
+  opt_state: Any
+  skipped: jax.Array  # int32 [] updates skipped for non-finite loss/gradients
+
+
+def create_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    skipped=jnp.zeros((), jnp.int32))
+
+
+def completion_logprobs(params: Any, tokens: jax.Array, segment_ids: jax.Array, prompt_len: int,
+                        *, config: ModelConfig, temperature: float = 1.0,
+                        remat: bool = False) -> tuple[jax.Array, jax.Array]:
+  """logp, entropy [N,T] of tokens[:, P:] given tokens[:, :P+T-1] (P = prompt_len).
+
+  tokens/segment_ids [N,P+T]: left-padded prompt then completion.
+  """
+  hidden, _ = transformer.forward(params, tokens[:, :-1], config=config,
+                                  segment_ids=segment_ids[:, :-1], return_hidden=True, remat=remat)
+  logits = transformer.unembed(params, hidden[:, prompt_len - 1:], config=config)  # [N,T,V]
+  return token_logprobs(logits, tokens[:, prompt_len:], temperature=temperature)
+
+
+def _split(batch: dict[str, jax.Array], micro: int) -> dict[str, jax.Array]:
+  """[N,...] -> [N/micro, micro, ...] for every leaf."""
+  n = jax.tree.leaves(batch)[0].shape[0]
+  if n % micro:
+    raise ValueError(f"batch of {n} sequences is not divisible by micro_batch_size {micro}")
+  return jax.tree.map(lambda x: x.reshape(n // micro, micro, *x.shape[1:]), batch)
+
+
+def _accumulate(loss_fn: Callable, params: Any, batch: dict[str, jax.Array], micro: int):
+  """Sum of grads and metrics of loss_fn(params, micro_batch) over micro-batches."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  n = jax.tree.leaves(batch)[0].shape[0]
+  if micro <= 0 or micro >= n:
+    (loss, metrics), grads = grad_fn(params, batch)
+    return loss, metrics, grads
+
+  def body(acc, mb):
+    (loss, metrics), grads = grad_fn(params, mb)
+    return jax.tree.map(jnp.add, acc, (loss, metrics, grads)), None
+
+  chunks = _split(batch, micro)
+  first = jax.tree.map(lambda x: x[0], chunks)
+  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, first))
+  (loss, metrics), grads = zeros
+  (loss, metrics, grads), _ = jax.lax.scan(body, (loss, metrics, grads), chunks)
+  return loss, metrics, grads
+
+
+def _apply(state: TrainState, tx: optax.GradientTransformation, loss, grads, metrics):
+  """Optimizer update unless loss or gradients are non-finite (then skip and count)."""
+  grad_norm = optax.global_norm(grads)
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, new_opt = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+  state = TrainState(step=state.step + ok.astype(jnp.int32),
+                     params=keep(new_params, state.params), opt_state=keep(new_opt, state.opt_state),
+                     skipped=state.skipped + (~ok).astype(jnp.int32))
+  metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "skipped_updates": state.skipped}
+  return state, metrics
+
+
+def make_sft_step(tx: optax.GradientTransformation, *, config: ModelConfig, micro_batch_size: int = 0,
+                  remat: bool = False):
+  """step(state, batch) with batch = tokens [N,S], segment_ids [N,S], loss_mask [N,S].
+
+  loss = −Σ m·log π(x_{s+1} | x_{≤s}) / Σ m over the whole batch (m = loss_mask on targets).
+  """
+
+  def loss_fn(params, mb, denom):
+    logits, _ = transformer.forward(params, mb["tokens"][:, :-1], config=config,
+                                    segment_ids=mb["segment_ids"][:, :-1], remat=remat)
+    logp, _ = token_logprobs(logits, mb["tokens"][:, 1:])
+    m = mb["loss_mask"][:, 1:].astype(jnp.float32)
+    nll = -(logp * m).sum()
+    correct = ((jnp.argmax(logits, -1) == mb["tokens"][:, 1:]) * m).sum()
+    return nll / denom, {"token_accuracy": correct / denom}
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(state: TrainState, batch: dict[str, jax.Array]):
+    denom = jnp.maximum(batch["loss_mask"][:, 1:].sum().astype(jnp.float32), 1.0)
+    loss, metrics, grads = _accumulate(lambda p, mb: loss_fn(p, mb, denom), state.params, batch,
+                                       micro_batch_size)
+    return _apply(state, tx, loss, grads, metrics)
+
+  return step
+
+
+def make_pg_step(tx: optax.GradientTransformation, *, config: ModelConfig, prompt_len: int,
+                 loss_options: dict[str, Any], temperature: float, micro_batch_size: int = 0,
+                 remat: bool = False):
+  """step(state, batch) for the clipped policy-gradient family.
+
+  batch: tokens/segment_ids [N,P+T]; mask, old_logp, sampler_logp, token_weights [N,T];
+  advantages [N] or [N,T]; optional ref_logp [N,T] (when beta > 0). `loss_options` are the
+  keyword options of `policy_loss` (see objectives.config.POLICY_LOSS_OPTIONS).
+  """
+  mode = loss_options["loss_agg_mode"]
+
+  def loss_fn(params, mb, denom, n_total):
+    logp, entropy = completion_logprobs(params, mb["tokens"], mb["segment_ids"], prompt_len,
+                                        config=config, temperature=temperature, remat=remat)
+    old = mb["old_logp"] if "old_logp" in mb else jax.lax.stop_gradient(logp)
+    loss, metrics = policy_loss(
+        logp, old, mb["advantages"], mb["mask"], ref_logp=mb.get("ref_logp"),
+        sampler_logp=mb["sampler_logp"], entropy=entropy, token_weights=mb["token_weights"],
+        global_denominator=denom, **loss_options)
+    # Metrics are means over this micro-batch; weight them by its share so sums are means.
+    share = mb["mask"].shape[0] / n_total
+    return loss, jax.tree.map(lambda v: v * share, metrics)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(state: TrainState, batch: dict[str, jax.Array]):
+    n = batch["mask"].shape[0]
+    denom = loss_denominator(batch["mask"], mode,
+                             loss_scale_factor=loss_options["loss_scale_factor"])
+    loss, metrics, grads = _accumulate(lambda p, mb: loss_fn(p, mb, denom, n), state.params,
+                                       batch, micro_batch_size)
+    return _apply(state, tx, loss, grads, metrics)
+
+  return step
+
+
+def make_logprob_fn(*, config: ModelConfig, prompt_len: int, temperature: float):
+  """jitted (params, tokens, segment_ids) -> (logp, entropy) [N,T] (old / reference log-probs)."""
+
+  @jax.jit
+  def fn(params, tokens, segment_ids):
+    return completion_logprobs(params, tokens, segment_ids, prompt_len, config=config,
+                               temperature=temperature)
+
+  return fn
