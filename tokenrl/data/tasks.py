@@ -1,0 +1,45 @@
+"""Registry of the embedded tasks (no download): name -> generator + verifier + default tiers.
+
+  arith      '12+7=' -> '19'                  tiers 'add:1-2,sub:1-2,mul:1'   exact match
+  sort       'sort 3142=' -> '1234'           tiers 'len:3-5'                 exact match
+  countdown  'make 22 from 7 3 5=' -> '3*5+7' tiers 'nums:3,vals:1-9,target:1-50'  expression check
+
+`make_examples(task, split, n, seed, tiers=..., test_fraction=0.1, unique=False)`; train and
+test never share a prompt (see task_common.py). All prompts and answers fit `CharTokenizer`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from tokenrl.data import rewards
+from tokenrl.data import task_arith
+from tokenrl.data import task_countdown
+from tokenrl.data import task_sort
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """name; make_examples(split, n, seed, *, tiers, test_fraction, unique) -> list[example];
+  reward_fn(completion, example) -> float; default_tiers."""
+  name: str
+  make_examples: Callable[..., list[dict[str, Any]]]
+  reward_fn: rewards.RewardFn
+  default_tiers: str
+
+
+TASKS: dict[str, Task] = {
+    m.NAME: Task(m.NAME, m.make_examples, rewards.TASK_VERIFIERS[m.NAME], m.DEFAULT_TIERS)
+    for m in (task_arith, task_sort, task_countdown)
+}
+
+
+def get_task(name: str) -> Task:
+  if name not in TASKS:
+    raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
+  return TASKS[name]
+
+
+def make_examples(task: str, split: str, n: int, seed: int, **tier: Any) -> list[dict[str, Any]]:
+  """n examples of `task` for `split` ('train' | 'test'); `tier` = tiers/test_fraction/unique."""
+  return get_task(task).make_examples(split, n, seed, **tier)
