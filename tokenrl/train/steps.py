@@ -79,7 +79,7 @@ def _accumulate(loss_fn: Callable, params: Any, batch: dict[str, jax.Array], mic
 
 def _apply(state: TrainState, tx: optax.GradientTransformation, loss, grads, metrics):
   """Optimizer update unless loss or gradients are non-finite (then skip and count)."""
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, new_opt = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
