@@ -32,29 +32,12 @@ _SEED = flags.DEFINE_integer("seed", 0, "sampling seed (sample)")
 COMMANDS = ("train", "eval", "sample", "export")
 
 
-def _load_workdir(workdir: str):
-  """(config, run, params) of the latest checkpoint in a tokenrl workdir."""
-  import ml_collections
-  from tokenrl.train import steps as steps_lib
-  from tokenrl.train.checkpoint import Checkpointer
-  from tokenrl.train.setup import build_run
-  from tokenrl.optim import build_optimizer
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise app.UsageError(f"{workdir!r} is not a tokenrl workdir (no config.json)")
-  with open(path) as f:
-    cfg = ml_collections.ConfigDict(json.load(f))
-  run = build_run(cfg)
-  ckpt = Checkpointer(workdir, async_save=False)
-  step = ckpt.latest_step()
-  if step is None:
-    raise app.UsageError(f"no checkpoint in {workdir}/checkpoints")
-  meta = ckpt.restore_meta(step)
-  from tokenrl.train.rl_loop import _sft_tx
-  tx = _sft_tx(cfg) if meta["state_kind"] == "sft" else build_optimizer(cfg.optimizer, cfg.train.max_steps)
-  state, _ = ckpt.restore(steps_lib.create_state(run.params, tx))
-  ckpt.close()
-  return cfg, run, state.params
+def load_workdir(workdir: str):
+  from tokenrl.train.workdir import load_workdir as load
+  try:
+    return load(workdir)
+  except FileNotFoundError as e:
+    raise app.UsageError(str(e)) from e
 
 
 def _cmd_train() -> None:
@@ -69,7 +52,7 @@ def _cmd_eval() -> None:
   from tokenrl.train.setup import encode_prompts
   if not _WORKDIR.value:
     raise app.UsageError("eval needs --workdir")
-  cfg, run, params = _load_workdir(_WORKDIR.value)
+  cfg, run, params = load_workdir(_WORKDIR.value)
   result = evaluate(params, config=run.model, tokenizer=run.tokenizer, examples=run.eval_examples,
                     prompt_ids=encode_prompts(cfg, run.tokenizer, run.eval_examples),
                     reward_fn=run.verifier, max_new_tokens=cfg.sampler.max_new_tokens,
@@ -88,7 +71,7 @@ def _cmd_sample() -> None:
     raise app.UsageError("sample needs --model and at least one --prompt")
   if os.path.isfile(os.path.join(_MODEL.value, "config.json")) and os.path.isdir(
       os.path.join(_MODEL.value, "checkpoints")):
-    _, run, params = _load_workdir(_MODEL.value)
+    _, run, params = load_workdir(_MODEL.value)
     config, tok = run.model, run.tokenizer
   else:
     config, params = models.load_hf(_MODEL.value)
@@ -107,7 +90,7 @@ def _cmd_export() -> None:
   from tokenrl import models
   if not _WORKDIR.value or not _OUT.value:
     raise app.UsageError("export needs --workdir and --out")
-  _, run, params = _load_workdir(_WORKDIR.value)
+  _, run, params = load_workdir(_WORKDIR.value)
   models.save_hf(_OUT.value, run.model, params)
   print(f"wrote {_OUT.value}")
 

@@ -81,11 +81,11 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 
 def plot_curves(workdir: str, evals: list[dict[str, Any]]) -> str:
   """reward (RL steps) and held-out accuracy (eval points) vs step -> WORKDIR/curve.png."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  # A Figure without pyplot: no global backend switch (notebooks keep inline plots).
+  from matplotlib.figure import Figure
   records = [r for r in read_metrics(workdir) if r["phase"] == "rl" and r.get("reward") is not None]
-  fig, ax = plt.subplots(figsize=(7, 4))
+  fig = Figure(figsize=(7, 4))
+  ax = fig.subplots()
   if records:
     steps = np.array([r["step"] for r in records])
     reward = np.array([r["reward"] for r in records])
@@ -103,5 +103,4 @@ def plot_curves(workdir: str, evals: list[dict[str, Any]]) -> str:
   path = os.path.join(workdir, "curve.png")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path

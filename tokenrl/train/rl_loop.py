@@ -50,7 +50,7 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _sft_tx(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def sft_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
   warmup = max(1, cfg.train.sft_steps // 10)
   lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.train.sft_learning_rate, warmup),
                              optax.constant_schedule(cfg.train.sft_learning_rate)], [warmup])
@@ -88,7 +88,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   sft_steps, rl_steps = cfg.train.sft_steps, cfg.train.max_steps
   total = sft_steps + rl_steps
   G, T = opts["num_generations"], cfg.sampler.max_new_tokens
-  sft_tx, rl_tx = _sft_tx(cfg), build_optimizer(cfg.optimizer, rl_steps)
+  sft_tx, rl_tx = sft_optimizer(cfg), build_optimizer(cfg.optimizer, rl_steps)
   sft_it = make_dataset(run.train_examples, batch_size=cfg.train.sft_batch_size, seed=cfg.seed)
   rl_it = make_dataset(run.train_examples, batch_size=cfg.data.batch_size, seed=cfg.seed + 1)
   eval_prompts = encode_prompts(cfg, tok, run.eval_examples)
@@ -97,12 +97,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   meta: dict[str, Any] = {"evals": [], "baseline": None}
   step = 0
   phase_of = lambda g: "sft" if g < sft_steps else "rl"
-  state = steps_lib.create_state(run.params, sft_tx if sft_steps else rl_tx)
+  # state_kind: which optimizer the state holds ('sft' until the RL phase starts).
+  state_kind = "sft" if sft_steps else "rl"
   if ckpt.latest_step() is not None:
     step = ckpt.latest_step()
-    # The saved state's optimizer is the SFT one until the RL phase has started.
-    tx = sft_tx if ckpt.restore_meta(step)["state_kind"] == "sft" else rl_tx
-    state, meta = ckpt.restore(steps_lib.create_state(run.params, tx))
+    state_kind = ckpt.restore_meta(step)["state_kind"]
+  state = steps_lib.create_state(run.params, sft_tx if state_kind == "sft" else rl_tx)
+  if ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(state)
     sft_it.set_state(meta["sft_iterator"])
     rl_it.set_state(meta["rl_iterator"])
     logging.info("resumed from %s at step %d", ckpt.directory, step)
@@ -129,16 +131,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return result
 
   def save(g: int, force: bool = False) -> None:
-    kind = "sft" if sft_steps and meta["baseline"] is None else "rl"
-    meta.update(sft_iterator=sft_it.get_state(), rl_iterator=rl_it.get_state(), state_kind=kind)
+    meta.update(sft_iterator=sft_it.get_state(), rl_iterator=rl_it.get_state(),
+                state_kind=state_kind)
     ckpt.save(g, state, json.loads(json.dumps(meta, default=_jsonable)), force=force)
 
   try:
     while step < total:
       t0 = time.time()
+      if step >= sft_steps and state_kind == "sft":
+        # The RL phase starts from the warm-up params with a fresh RL optimizer.
+        state, state_kind = steps_lib.create_state(state.params, rl_tx), "rl"
       if step == sft_steps and meta["baseline"] is None:
-        if sft_steps:  # switch optimizer: the RL phase starts from the warm-up params
-          state = steps_lib.create_state(state.params, rl_tx)
         meta["baseline"] = run_eval(step)
       if phase_of(step) == "sft":
         examples = next(sft_it)

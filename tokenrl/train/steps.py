@@ -10,7 +10,6 @@ skips the update (params and optimizer state unchanged) and is counted in the me
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import jax
@@ -50,11 +49,16 @@ def completion_logprobs(params: Any, tokens: jax.Array, segment_ids: jax.Array, 
 
 
 def _split(batch: dict[str, jax.Array], micro: int) -> dict[str, jax.Array]:
-  """[N,...] -> [N/micro, micro, ...] for every leaf."""
+  """[N,...] -> [N/micro, micro, ...] for every leaf; chunk c holds rows c, c + N/micro, ...
+
+  Strided, not contiguous: with N sharded in contiguous blocks over the batch mesh axes, the
+  micro axis keeps that sharding (when the axes divide `micro`), so every micro-batch is spread
+  over all devices instead of living on one device while `lax.scan` steps through them.
+  """
   n = jax.tree.leaves(batch)[0].shape[0]
   if n % micro:
     raise ValueError(f"batch of {n} sequences is not divisible by micro_batch_size {micro}")
-  return jax.tree.map(lambda x: x.reshape(n // micro, micro, *x.shape[1:]), batch)
+  return jax.tree.map(lambda x: x.reshape(micro, n // micro, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
 def _accumulate(loss_fn: Callable, params: Any, batch: dict[str, jax.Array], micro: int):
@@ -92,10 +96,11 @@ def _apply(state: TrainState, tx: optax.GradientTransformation, loss, grads, met
 
 
 def make_sft_step(tx: optax.GradientTransformation, *, config: ModelConfig, micro_batch_size: int = 0,
-                  remat: bool = False):
+                  remat: bool = False, jit: bool = True):
   """step(state, batch) with batch = tokens [N,S], segment_ids [N,S], loss_mask [N,S].
 
   loss = −Σ m·log π(x_{s+1} | x_{≤s}) / Σ m over the whole batch (m = loss_mask on targets).
+  jit=False returns the plain function (for `tokenrl.train.sharded.shard_step`).
   """
 
   def loss_fn(params, mb, denom):
@@ -107,24 +112,24 @@ def make_sft_step(tx: optax.GradientTransformation, *, config: ModelConfig, micr
     correct = ((jnp.argmax(logits, -1) == mb["tokens"][:, 1:]) * m).sum()
     return nll / denom, {"token_accuracy": correct / denom}
 
-  @functools.partial(jax.jit, donate_argnums=0)
   def step(state: TrainState, batch: dict[str, jax.Array]):
     denom = jnp.maximum(batch["loss_mask"][:, 1:].sum().astype(jnp.float32), 1.0)
     loss, metrics, grads = _accumulate(lambda p, mb: loss_fn(p, mb, denom), state.params, batch,
                                        micro_batch_size)
     return _apply(state, tx, loss, grads, metrics)
 
-  return step
+  return jax.jit(step, donate_argnums=0) if jit else step
 
 
 def make_pg_step(tx: optax.GradientTransformation, *, config: ModelConfig, prompt_len: int,
                  loss_options: dict[str, Any], temperature: float, micro_batch_size: int = 0,
-                 remat: bool = False):
+                 remat: bool = False, jit: bool = True):
   """step(state, batch) for the clipped policy-gradient family.
 
   batch: tokens/segment_ids [N,P+T]; mask, old_logp, sampler_logp, token_weights [N,T];
   advantages [N] or [N,T]; optional ref_logp [N,T] (when beta > 0). `loss_options` are the
   keyword options of `policy_loss` (see objectives.config.POLICY_LOSS_OPTIONS).
+  jit=False returns the plain function (for `tokenrl.train.sharded.shard_step`).
   """
   mode = loss_options["loss_agg_mode"]
 
@@ -140,7 +145,6 @@ def make_pg_step(tx: optax.GradientTransformation, *, config: ModelConfig, promp
     share = mb["mask"].shape[0] / n_total
     return loss, jax.tree.map(lambda v: v * share, metrics)
 
-  @functools.partial(jax.jit, donate_argnums=0)
   def step(state: TrainState, batch: dict[str, jax.Array]):
     n = batch["mask"].shape[0]
     denom = loss_denominator(batch["mask"], mode,
@@ -149,15 +153,14 @@ def make_pg_step(tx: optax.GradientTransformation, *, config: ModelConfig, promp
                                        batch, micro_batch_size)
     return _apply(state, tx, loss, grads, metrics)
 
-  return step
+  return jax.jit(step, donate_argnums=0) if jit else step
 
 
-def make_logprob_fn(*, config: ModelConfig, prompt_len: int, temperature: float):
+def make_logprob_fn(*, config: ModelConfig, prompt_len: int, temperature: float, jit: bool = True):
   """jitted (params, tokens, segment_ids) -> (logp, entropy) [N,T] (old / reference log-probs)."""
 
-  @jax.jit
   def fn(params, tokens, segment_ids):
     return completion_logprobs(params, tokens, segment_ids, prompt_len, config=config,
                                temperature=temperature)
 
-  return fn
+  return jax.jit(fn) if jit else fn
