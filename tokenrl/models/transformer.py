@@ -22,6 +22,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+try:  # jax.core.Tracer moved in newer jax releases
+  from jax.core import Tracer
+except ImportError:  # pragma: no cover
+  from jax._src.core import Tracer
+
 from tokenrl.models import layers as L
 from tokenrl.models.config import ModelConfig
 
@@ -133,7 +138,7 @@ def _validate(params: Params, tokens: jax.Array, config: ModelConfig, cache: Cac
   if embed_shape != (config.vocab_size, config.dim):
     raise ValueError(
         f"params['embed'] has shape {embed_shape}, config expects {(config.vocab_size, config.dim)}")
-  if not isinstance(tokens, jax.core.Tracer):
+  if not isinstance(tokens, Tracer):
     lo, hi = int(jnp.min(tokens)), int(jnp.max(tokens))
     if lo < 0 or hi >= config.vocab_size:
       raise ValueError(f"tokens hold ids in [{lo}, {hi}], outside the vocabulary [0, {config.vocab_size})")
