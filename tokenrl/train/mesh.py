@@ -36,8 +36,7 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *,
   takes all remaining devices. The axes are `AxisType.Auto`: shardings are pinned with
   NamedSharding at jit boundaries and XLA's partitioner propagates them inside.
   """
-  devices = list(jax.devices() if devices is None else devices)
-  n = len(devices)
+  n = len(jax.devices() if devices is None else devices)
   sizes = [data, fsdp, tensor]
   for name, size in zip(_FIELDS, sizes):
     if not isinstance(size, (int, np.integer)) or (size < 1 and size != -1):
@@ -56,7 +55,7 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *,
                      f"{n}; set one of them to -1 to fill")
   axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
   return jax.make_mesh(tuple(int(s) for s in sizes), MESH_AXES, axis_types=axis_types,
-                       devices=devices)
+                       devices=None if devices is None else list(devices))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -57,7 +57,8 @@ def state_from_params(params: Any, tx: optax.GradientTransformation, config: Mod
   abstract = jax.eval_shape(lambda p: create_state(p, tx), params)
   shardings = state_shardings(abstract, config, mesh, rules)
   opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-  zero = lambda: jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=shardings.step)()
+  # Two distinct buffers: the state is donated, and one buffer cannot be donated twice.
+  zero = lambda: _put(np.zeros((), np.int32), shardings.step)
   return TrainState(step=zero(), params=params, opt_state=opt_state, skipped=zero()), shardings
 
 
@@ -67,8 +68,8 @@ def shard_step(step_fn: Callable, state_shardings: TrainState,
 
   step_fn(state, batch) -> (state, metrics) is an unjitted step (`make_sft_step(...,
   jit=False)`, `make_pg_step(..., jit=False)`). Every batch leaf [N,...] is split over the
-  batch axes; metrics come back replicated. Host numpy batches are placed on the first call
-  (single process only; with several processes pass `put_batch(...)` arrays).
+  batch axes; metrics come back replicated. Host numpy batches are placed by jit on a single
+  process; with several processes pass global arrays from `put_batch` / `put_local_batch`.
   """
   rep = replicated(batch_sharding.mesh)
   return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
