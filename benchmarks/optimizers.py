@@ -49,6 +49,8 @@ def main() -> None:
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--rl_steps", type=int, default=200)
   parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+  parser.add_argument("--batch_size", type=int, default=16, help="prompts per GRPO step (B)")
+  parser.add_argument("--eval_size", type=int, default=256)
   parser.add_argument("--out", default=os.path.join(ROOT, "runs", "bench_optimizers"))
   parser.add_argument("--quick", action="store_true", help="1 seed, 20 RL steps, tiny SFT")
   args = parser.parse_args()
@@ -68,6 +70,7 @@ def main() -> None:
     shutil.rmtree(args.out)
   sft_dir = os.path.join(args.out, "sft")
   cfg = _config()
+  cfg.data.eval_size = args.eval_size
   if args.quick:
     cfg.train.sft_steps = 50
     cfg.data.eval_size = 64
@@ -87,6 +90,7 @@ def main() -> None:
       run_cfg.seed = seed
       run_cfg.train.sft_steps = cfg.train.sft_steps
       run_cfg.data.eval_size = cfg.data.eval_size
+      run_cfg.data.batch_size = args.batch_size
       run_cfg.train.max_steps = rl_steps
       run_cfg.train.checkpoint_every = 0
       for key, value in OPTIMIZERS[name].items():

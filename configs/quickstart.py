@@ -46,6 +46,7 @@ def get_config(arg=None):
     c.train.sft_steps = 4
     c.train.max_steps = 3
     c.train.checkpoint_every = 2
+    c.optimizer.warmup_steps = 1
     c.data.eval_size = 16
     c.data.batch_size = 4
     c.rl.num_generations = 4

@@ -88,7 +88,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   sft_steps, rl_steps = cfg.train.sft_steps, cfg.train.max_steps
   total = sft_steps + rl_steps
   G, T = opts["num_generations"], cfg.sampler.max_new_tokens
-  sft_tx, rl_tx = sft_optimizer(cfg), build_optimizer(cfg.optimizer, rl_steps)
+  sft_tx = sft_optimizer(cfg)
+  # With no RL steps (an SFT-only run) the RL optimizer is never used.
+  rl_tx = build_optimizer(cfg.optimizer, rl_steps) if rl_steps else sft_tx
   sft_it = make_dataset(run.train_examples, batch_size=cfg.train.sft_batch_size, seed=cfg.seed)
   rl_it = make_dataset(run.train_examples, batch_size=cfg.data.batch_size, seed=cfg.seed + 1)
   eval_prompts = encode_prompts(cfg, tok, run.eval_examples)

@@ -28,7 +28,7 @@ def load_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, Run, Any]:
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
   kind = ckpt.restore_meta(step)["state_kind"]
-  tx = sft_optimizer(cfg) if kind == "sft" else build_optimizer(cfg.optimizer, cfg.train.max_steps)
+  tx = sft_optimizer(cfg) if kind == "sft" else build_optimizer(cfg.optimizer, max(cfg.train.max_steps, 1))
   state, _ = ckpt.restore(steps_lib.create_state(run.params, tx))
   ckpt.close()
   return cfg, run, state.params
