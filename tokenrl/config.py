@@ -100,3 +100,38 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = mesh_config()
   c.lock()
   return c
+
+
+def hf_gsm8k_config(hf_path: str, *, hardware: str) -> ml_collections.ConfigDict:
+  """GRPO on GSM8K (TFDS) for a local Hugging Face instruct model, on 'gpu' (one) or 'tpu' (v5e-8).
+
+  Shared by configs/gsm8k_*.py. bf16 params, remat, the model's tokenizer and chat template,
+  512 new tokens, 16 prompts x 8 samples per step, AdamW 1e-6 (TRL/verl's GRPO default).
+  """
+  if hardware not in ("gpu", "tpu"):
+    raise ValueError(f"hardware must be 'gpu' or 'tpu', got {hardware!r}")
+  c = base_config()
+  c.model.hf_path = hf_path
+  c.model.dtype = "bfloat16"
+  c.model.remat = True
+  c.data.task = "gsm8k"
+  c.data.tokenizer = ""  # the model folder's tokenizer.json
+  c.data.chat_template = True
+  c.data.max_prompt_len = 512
+  c.data.batch_size = 16
+  c.data.eval_size = 500
+  c.sampler.max_new_tokens = 512
+  c.rl.objective = "grpo"
+  c.rl.num_generations = 8
+  c.optimizer.name = "adamw"
+  c.optimizer.learning_rate = 1e-6
+  c.train.max_steps = 500
+  c.train.micro_batch_size = 16
+  c.train.checkpoint_every = 50
+  c.train.eval_every = 100
+  c.train.eval_num_samples = 8
+  if hardware == "tpu":  # v5e-8: 8 chips, params and optimizer state FSDP-sharded
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 8, 1
+  else:
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
+  return c
