@@ -21,7 +21,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, summary)")
 _MODEL = flags.DEFINE_string("model", None, "HF folder or tokenrl workdir (sample)")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "prompt text (sample); repeat for several")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "tokens to generate (sample)")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", None,
+                                "tokens to generate (sample; default: the run's sampler setting, "
+                                "or 128 for an HF folder)")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy (sample)")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "top-k (sample)")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "top-p (sample)")
@@ -71,14 +73,16 @@ def _cmd_sample() -> None:
     raise app.UsageError("sample needs --model and at least one --prompt")
   if os.path.isfile(os.path.join(_MODEL.value, "config.json")) and os.path.isdir(
       os.path.join(_MODEL.value, "checkpoints")):
-    _, run, params = load_workdir(_MODEL.value)
+    cfg, run, params = load_workdir(_MODEL.value)
     config, tok = run.model, run.tokenizer
+    max_new = _MAX_NEW.value or cfg.sampler.max_new_tokens
   else:
     config, params = models.load_hf(_MODEL.value)
     tok = load_tokenizer(_MODEL.value)
+    max_new = _MAX_NEW.value or 128
   ids = tokenize_prompts(tok, _PROMPT.value)
   out = sample(params, ids, config=config, rng=jax.random.key(_SEED.value),
-               max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
+               max_new_tokens=max_new, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                top_p=_TOP_P.value, num_samples=_NUM_SAMPLES.value,
                stop_tokens=tuple(tok.eos_token_ids))
   texts = decode_completions(tok, np.asarray(out.tokens), np.asarray(out.mask))

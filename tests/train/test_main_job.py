@@ -113,3 +113,26 @@ def test_resume_after_sigkill_and_sigterm_is_bitwise_identical(tmp_path):
     b = [json.loads(l) for l in f]
   drop = lambda r: {k: v for k, v in r.items() if "seconds" not in k and k != "tokens_per_second"}
   assert [drop(r) for r in a] == [drop(r) for r in b]
+
+
+@pytest.mark.slow
+def test_cli_eval_sample_export(smoke_run, tmp_path):
+  workdir, summary = smoke_run
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  cli = [sys.executable, "-m", "tokenrl.cli"]
+  out = subprocess.run(cli + ["eval", f"--workdir={workdir}"], check=True, env=env,
+                       capture_output=True, text=True).stdout
+  result = json.loads(out[out.index("{"):])
+  assert result["accuracy"] == pytest.approx(summary["final_accuracy"])
+  out = subprocess.run(cli + ["sample", f"--model={workdir}", "--prompt=12+7=", "--prompt=3-1=",
+                              "--num_samples=2"], check=True, env=env, capture_output=True,
+                       text=True).stdout
+  assert [l.split(" ")[0] for l in out.strip().splitlines()] == ["[0.0]", "[0.1]", "[1.0]", "[1.1]"]
+  hf_dir = str(tmp_path / "hf")
+  subprocess.run(cli + ["export", f"--workdir={workdir}", f"--out={hf_dir}"], check=True, env=env,
+                 capture_output=True)
+  from tokenrl import models
+  from tokenrl.train.workdir import load_workdir
+  _, _, params = load_workdir(workdir)
+  _, exported = models.load_hf(hf_dir)
+  jax.tree.map(np.testing.assert_array_equal, exported, params)
