@@ -96,12 +96,12 @@ class HFTokenizer:
     self._tok.no_truncation()
     self._tok.no_padding()
 
-    config = _read_json(self.path / "tokenizer_config.json")
+    tok_json = _read_json(self.path / "tokenizer_config.json")
     special_map = _read_json(self.path / "special_tokens_map.json")
-    gen_config = _read_json(self.path / "generation_config.json")
+    gen_json = _read_json(self.path / "generation_config.json")
 
-    raw_special = {k: config.get(k) for k in _NAMED_SPECIAL}
-    if "added_tokens_decoder" not in config:
+    raw_special = {k: tok_json.get(k) for k in _NAMED_SPECIAL}
+    if "added_tokens_decoder" not in tok_json:
       # Legacy folders: special_tokens_map.json overrides tokenizer_config.json.
       for k in _NAMED_SPECIAL:
         if special_map.get(k) is not None:
@@ -116,14 +116,14 @@ class HFTokenizer:
     # decode(skip_special_tokens=True)); an existing id is reused, never renumbered.
     present = {t.content for t in self._tok.get_added_tokens_decoder().values()}
     decoder = {v["content"]: v for _, v in sorted(
-        (config.get("added_tokens_decoder") or {}).items(), key=lambda kv: int(kv[0]))
+        (tok_json.get("added_tokens_decoder") or {}).items(), key=lambda kv: int(kv[0]))
         if isinstance(v, Mapping) and isinstance(v.get("content"), str)}
     missing = [_added_token(v, special=bool(v.get("special", False)))
                for c, v in decoder.items() if c not in present]
     if missing:
       self._tok.add_tokens(missing)
-    extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or (
-        special_map.get("additional_special_tokens") if "added_tokens_decoder" not in config
+    extra = tok_json.get("extra_special_tokens") or tok_json.get("additional_special_tokens") or (
+        special_map.get("additional_special_tokens") if "added_tokens_decoder" not in tok_json
         else None) or []
     extra = list(extra.values()) if isinstance(extra, Mapping) else list(extra)
     present = {t.content for t in self._tok.get_added_tokens_decoder().values()}
@@ -143,41 +143,41 @@ class HFTokenizer:
       # transformers installs an identity TemplateProcessing then (no bos/eos added).
       self._tok.post_processor = processors.TemplateProcessing(single="$A:0", pair="$A:0 $B:1")
 
-    self._clean_up_spaces = bool(config.get("clean_up_tokenization_spaces", False)) and (
+    self._clean_up_spaces = bool(tok_json.get("clean_up_tokenization_spaces", False)) and (
         type(self._tok.model).__name__ != "BPE")  # transformers skips it for BPE models.
 
     self._bos_id = self._id_of("bos_token")
     eos = []
     if (eos_id := self._id_of("eos_token")) is not None:
       eos.append(eos_id)
-    gen_eos = gen_config.get("eos_token_id")
+    gen_eos = gen_json.get("eos_token_id")
     for i in ([gen_eos] if isinstance(gen_eos, int) else (gen_eos or [])):
       if int(i) not in eos:
         eos.append(int(i))
     self._eos_ids = eos
     pad = self._id_of("pad_token")
-    if pad is None and isinstance(gen_config.get("pad_token_id"), int):
-      pad = gen_config["pad_token_id"]
+    if pad is None and isinstance(gen_json.get("pad_token_id"), int):
+      pad = gen_json["pad_token_id"]
     if pad is None:
       pad = eos[0] if eos else 0
     self._pad_id = int(pad)
 
-    self.chat_template = self._read_chat_templates(config)
+    self.chat_template = self._read_chat_templates(tok_json)
 
   def _id_of(self, name: str) -> int | None:
     content = self.special_tokens.get(name)
     return None if content is None else self._tok.token_to_id(content)
 
-  def _read_chat_templates(self, config: Mapping[str, Any]) -> str | dict[str, str] | None:
+  def _read_chat_templates(self, tok_json: Mapping[str, Any]) -> str | dict[str, str] | None:
     templates: dict[str, str] = {}
     if (f := self.path / _CHAT_TEMPLATE_FILE).is_file():
       templates["default"] = f.read_text(encoding="utf-8")
     if (d := self.path / _CHAT_TEMPLATE_DIR).is_dir():
       for f in sorted(d.glob("*.jinja")):
         templates[f.stem] = f.read_text(encoding="utf-8")
-    if templates:  # Template files take priority over the config entry.
+    if templates:  # Template files take priority over the tokenizer_config.json entry.
       return templates["default"] if list(templates) == ["default"] else templates
-    value = config.get("chat_template")
+    value = tok_json.get("chat_template")
     if isinstance(value, list):
       return {t["name"]: t["template"] for t in value}
     if value is not None and not isinstance(value, str):
