@@ -16,8 +16,8 @@ The KV cache is an explicit pytree passed in and returned:
 `init_cache(..., per_layer=True)` gives the decode layout instead: k = L arrays [N,K,H,C]
 (keys stored transposed), v = L arrays [N,K,C,H]. The layers then run unrolled (compile time
 linear in L) and read each layer's cache in place: under the scan, XLA:CPU copies the
-dynamic slice cache[l] ([N,C,K,H], transposed for the batched matmul) before every attention,
-which cost ~25% of a decode step on CPU; and keys [H,C] make QKᵀ a plain matmul. The sampler
+dynamic slice cache[l] ([N,C,K,H], transposed for the batched matmul) before every attention;
+and keys [H,C] make QKᵀ a plain matmul (XLA:CPU runs [G,H]x[C,H]ᵀ ~3x slower). The sampler
 uses it on CPU; the logits are the same up to float summation order.
 """
 
@@ -146,9 +146,9 @@ def split_layers(params: Params) -> Params:
   """params with "layers" as a tuple of L per-layer dicts (each leaf without its L axis).
 
   For repeated decode calls with a per-layer cache inside one jitted loop: slicing the stacked
-  weights once, outside the loop, saves XLA:CPU a copy of every layer's weights per step
-  (~20% of a decode step at N=64 for the tiny benchmark model), at the price of one extra copy
-  of the layer weights while the loop runs. Only `forward` with a per-layer cache accepts it.
+  weights once, outside the loop, saves XLA:CPU a copy of every layer's weights per step (it
+  copies static slices fed to matmuls too), at the price of one extra copy of the layer weights
+  while the loop runs. Only `forward` with a per-layer cache accepts it.
   """
   layers = params["layers"]
   if isinstance(layers, (tuple, list)):
@@ -283,8 +283,8 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
   n, s = tokens.shape
   per_layer = _is_per_layer(cache)
   if isinstance(params["layers"], (tuple, list)) and not per_layer:
-    raise ValueError("params['layers'] is split per layer (split_layers); forward needs the stacked "
-                     "layers unless the cache is per_layer")
+    raise ValueError("params['layers'] is split per layer (split_layers); forward needs the "
+                     "stacked layers unless the cache is per_layer")
   if segment_ids is None:
     segment_ids = (segments_from_padding(tokens, c.pad_id) if cache is None
                    else jnp.ones((n, s), jnp.int32))

@@ -183,8 +183,9 @@ def _generate(params, prompt_tokens, prompt_mask, rng, temperature, *, config, m
   steps = max_new_tokens
   # On CPU, XLA copies every dynamic slice it feeds to a matmul: under the layer scan that is
   # cache[l] and each layer's weights, on every decode step. The per-layer cache (layers
-  # unrolled) and weights split once before the loop avoid both: ~1.5-2x decode tokens/s on
-  # CPU. GPU/TPU keep the stacked layout under the scan (compile time flat in depth).
+  # unrolled) and weights split once before the loop avoid both: 1.2-1.3x decode tokens/s on
+  # 2 CPU cores (benchmarks/sampler.py model, N=64/256), for ~+1 s compile at L=4 and ~+10 s
+  # at L=24. GPU/TPU keep the stacked layout under the scan (compile time flat in depth).
   per_layer = jax.default_backend() == "cpu"
   cache = transformer.init_cache(config, n, p + steps, cache_dtype, per_layer=per_layer)
   if per_layer:
