@@ -5,9 +5,9 @@ Command (fresh machine, 2 CPU cores):
 Hardware: any CPU (2 cores is enough); GPU/TPU also work unchanged.
 What it does: SFT warm-up on (prompt, answer) pairs, deliberately short so the model is only
   partly right, then GRPO with the exact-answer reward on rollouts of 8 per prompt.
-Expected result (measured 2026-11-28, 2 CPU cores, seed 0): held-out greedy accuracy 26.8%
-  after the 400-step warm-up, 44.0% after 400 GRPO steps (+17.2 points); 284 s wall including
-  compilation and evaluation.
+Expected result (measured 2026-11-29, 2 CPU cores, seed 0, commit d86ee56): held-out greedy
+  accuracy 23.0% after the 400-step warm-up, 44.7% after 400 GRPO steps (+21.7 points); 118 s
+  wall including compilation and evaluation.
 """
 
 from tokenrl.config import base_config
