@@ -152,6 +152,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         metrics = {k: float(v) for k, v in m.items()}
       else:
         if opts["beta"] > 0 and ref_params is None:
+          # The KL reference is the policy at the start of the RL phase. It is not checkpointed:
+          # a run resumed mid-RL with beta > 0 uses the resumed params as its reference.
           ref_params = jax.tree.map(jnp.copy, state.params)
         state, metrics = _rl_step(cfg, opts, loss_options, state, rl_it, run, runner, pg_steps,
                                   logprob_fns, ref_params, rl_tx,
