@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tokenrl.data.prompts import bucket_length as data_bucket_length
 from tokenrl.models import transformer
 from tokenrl.models.config import ModelConfig
 from tokenrl.rollout.sampling import choose_tokens
@@ -58,10 +59,10 @@ class SamplerState:
 
 
 def bucket_length(length: int, *, minimum: int = 16) -> int:
-  """Padded prompt length: powers of two up to 512, then multiples of 256."""
+  """Padded prompt length: powers of two (at least `minimum`) up to 512, then multiples of 256."""
   if length <= 512:
-    return max(minimum, 1 << max(0, int(length - 1).bit_length()))
-  return -(-length // 256) * 256
+    return data_bucket_length(length, min_bucket=minimum)
+  return data_bucket_length(length, multiple=256)
 
 
 def prepare_prompts(prompts: Any, pad_id: int, *, bucket: bool = True) -> tuple[np.ndarray, np.ndarray]:
