@@ -29,6 +29,11 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> None:
+    """Save `step`, replacing a checkpoint of the same step (a rerun of a finished or preempted
+    run re-saves its last step with the final evaluation added to `meta`)."""
+    if step in self.manager.all_steps():
+      self.manager.wait_until_finished()
+      self.manager.delete(step)
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)), force=force)
 

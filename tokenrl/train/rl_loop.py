@@ -173,7 +173,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         run_eval(step)
     if meta["baseline"] is None:
       meta["baseline"] = run_eval(step)
-    final = run_eval(step)
+    done_before = meta["evals"] and meta["evals"][-1]["step"] == step and step > sft_steps
+    final = meta["evals"][-1] if done_before else run_eval(step)  # a rerun of a finished run
     save(step, force=True)
     ckpt.wait()
   finally:
