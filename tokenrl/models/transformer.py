@@ -256,7 +256,8 @@ def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
 def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
             positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
             cache: Cache | None = None, return_hidden: bool = False,
-            remat: bool = False) -> tuple[jax.Array, Cache | None]:
+            remat: bool = False,
+            input_embeddings: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
   """Run the decoder on tokens [N,S].
 
   Args:
@@ -274,6 +275,9 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
     return_hidden: return the final-normed hidden states [N,S,D] instead of logits, so a
       caller can fuse the unembedding with a chunked log-prob and never hold [N,S,V].
     remat: rematerialize each layer in the backward pass (activation memory O(1) in L).
+    input_embeddings: optional [N,S,D] inputs used instead of embed[tokens] (before the
+      family's embedding scale), e.g. soft-token mixtures; `tokens` still gives the padding
+      and positions.
 
   Returns:
     (logits [N,S,V] f32 (accumulated in f32) or hidden [N,S,D], the updated cache or None).
@@ -320,7 +324,12 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
   else:
     cos_l, sin_l = cos_g, sin_g
 
-  x = params["embed"][tokens]
+  if input_embeddings is None:
+    x = params["embed"][tokens]
+  else:
+    if input_embeddings.shape != (n, s, c.dim):
+      raise ValueError(f"input_embeddings has shape {input_embeddings.shape}, expected {(n, s, c.dim)}")
+    x = input_embeddings.astype(params["embed"].dtype)
   if c.embed_scale != 1.0:
     x = x * jnp.asarray(c.embed_scale, x.dtype)
   norm = lambda y, w: L.rms_norm(y, w, eps=c.norm_eps, plus_one=c.norm_plus_one)

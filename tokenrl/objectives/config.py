@@ -56,7 +56,6 @@ POLICY_LOSS_OPTIONS = ("epsilon", "epsilon_high", "clip_ratio_c", "importance_sa
                        "entropy_coeff", "tis_imp_ratio_cap")
 
 _CHOICES = {
-    "objective": tuple(OBJECTIVES),
     "advantage_estimator": tuple(adv_lib.ADVANTAGE_ESTIMATORS),
     "scale_rewards": adv_lib.SCALE_REWARDS,
     "importance_sampling_level": pl_lib.IMPORTANCE_SAMPLING_LEVELS,
@@ -68,7 +67,7 @@ _CHOICES = {
 def rl_config() -> ml_collections.ConfigDict:
   """The locked `rl` section: every RL-objective option with its default and one comment."""
   c = ml_collections.ConfigDict()
-  c.objective = "grpo"                  # preset: grpo | dapo | dr_grpo | gspo | ppo | rloo
+  c.objective = "grpo"                  # baseline preset or a tokenrl.methods name (see README)
   # --- set by the objective preset unless given (None = preset; GRPO value in brackets) ---
   c.advantage_estimator = config_dict.placeholder(str)      # ['grpo'] | 'rloo' | 'gae'
   c.scale_rewards = config_dict.placeholder(str)            # ['group'] | 'batch' | 'none'
@@ -98,8 +97,25 @@ def rl_config() -> ml_collections.ConfigDict:
   c.whiten_advantages = True            # GAE only: standardise advantages over valid tokens (verl)
   c.cliprange_value = 0.2               # value-loss clip ε_v (TRL/verl name); 0 = off
   c.vf_coef = 0.1                       # value-loss weight in the total loss (TRL PPO default)
+  # --- one locked section per token-level method (cfg.rl.<name>), read only when selected ---
+  for name, method in sorted(_methods().items()):
+    section = method.config()
+    if section is not None:
+      section.lock()
+      c[name] = section
   c.lock()
   return c
+
+
+def _methods() -> dict[str, Any]:
+  # Imported here: tokenrl.methods imports tokenrl.objectives (this package) at import time.
+  from tokenrl.methods import METHODS  # pylint: disable=g-import-not-at-top
+  return METHODS
+
+
+def objective_names() -> tuple[str, ...]:
+  """Every valid `rl.objective`: the baseline presets, then the registered methods."""
+  return tuple(OBJECTIVES) + tuple(sorted(_methods()))
 
 
 def resolve_objective(rl_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -109,11 +125,18 @@ def resolve_objective(rl_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   estimators, the shaping functions) plus the run-level fields (`num_generations`, ...).
   0-means-off numbers come back as None. Raises ValueError naming the field on a bad value.
   """
-  if rl_cfg.objective not in OBJECTIVES:
-    raise ValueError(f"rl.objective: expected one of {tuple(OBJECTIVES)}, "
+  methods = _methods()
+  if rl_cfg.objective not in OBJECTIVES and rl_cfg.objective not in methods:
+    raise ValueError(f"rl.objective: expected one of {objective_names()}, "
                      f"got {rl_cfg.objective!r}")
   opts: dict[str, Any] = {"objective": rl_cfg.objective}
-  preset = {**_GRPO, **OBJECTIVES[rl_cfg.objective]}
+  method_preset = (OBJECTIVES[rl_cfg.objective] if rl_cfg.objective in OBJECTIVES
+                   else methods[rl_cfg.objective].preset)
+  unknown = set(method_preset) - set(_GRPO)
+  if unknown:
+    raise ValueError(f"preset of rl.objective={rl_cfg.objective!r} sets unknown options "
+                     f"{sorted(unknown)}; known: {sorted(_GRPO)}")
+  preset = {**_GRPO, **method_preset}
   for key, default in preset.items():
     value = rl_cfg[key]
     opts[key] = default if value is None else value
@@ -152,4 +175,7 @@ def resolve_objective(rl_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                      f"got {opts['num_generations']}")
   for key in ("clip_ratio_c", "loss_scale_factor", "tis_imp_ratio_cap", "cliprange_value"):
     opts[key] = opts[key] or None   # 0 = off / default → None, as the functions take it
+  if rl_cfg.objective in methods:
+    method = methods[rl_cfg.objective]
+    method.validate(rl_cfg[rl_cfg.objective] if rl_cfg.objective in rl_cfg else None, opts)
   return opts

@@ -23,8 +23,9 @@ from absl import logging
 
 from tokenrl import objectives as obj
 from tokenrl.data.pipeline import make_dataset
-from tokenrl.data.prompts import decode_completions
 from tokenrl.data.reward_runner import RewardRunner
+from tokenrl.methods import get_method
+from tokenrl.methods.base import StepContext, section_dict
 from tokenrl.eval import evaluate
 from tokenrl.optim import build_optimizer
 from tokenrl.rollout import sample
@@ -57,21 +58,6 @@ def sft_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformatio
   return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr, weight_decay=0.0))
 
 
-def _advantages(rewards: np.ndarray, opts: dict[str, Any]) -> np.ndarray:
-  g = opts["num_generations"]
-  r = jnp.asarray(rewards)
-  if opts["advantage_estimator"] == "grpo":
-    a = obj.group_relative_advantages(r, g, scale_rewards=opts["scale_rewards"],
-                                      epsilon=opts["advantage_epsilon"],
-                                      ddof=opts["advantage_std_ddof"])
-  elif opts["advantage_estimator"] == "rloo":
-    a = obj.rloo_advantages(r, g)
-  else:
-    raise ValueError(f"rl.advantage_estimator={opts['advantage_estimator']!r} needs a value head, "
-                     "which this train loop does not build yet; use 'grpo' or 'rloo'")
-  return np.asarray(a)
-
-
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Run the job described by `cfg` in `workdir` (resuming if it holds a checkpoint)."""
   start_time = time.time()
@@ -79,6 +65,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   is_main = jax.process_index() == 0
   opts = obj.resolve_objective(cfg.rl)
   loss_options = {k: opts[k] for k in obj.POLICY_LOSS_OPTIONS}
+  method = get_method(opts["objective"])
   run = build_run(cfg)
   tok, model = run.tokenizer, run.model
   if is_main:
@@ -96,7 +83,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   eval_prompts = encode_prompts(cfg, tok, run.eval_examples)
 
   ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpoint)
-  meta: dict[str, Any] = {"evals": [], "baseline": None}
+  meta: dict[str, Any] = {"evals": [], "baseline": None, "method_state": {}}
   step = 0
   phase_of = lambda g: "sft" if g < sft_steps else "rl"
   # state_kind: which optimizer the state holds ('sft' until the RL phase starts).
@@ -104,9 +91,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if ckpt.latest_step() is not None:
     step = ckpt.latest_step()
     state_kind = ckpt.restore_meta(step)["state_kind"]
-  state = steps_lib.create_state(run.params, sft_tx if state_kind == "sft" else rl_tx)
+  # Method-owned trainable params (a value head, ...) join the policy params at the RL phase.
+  rl_params = lambda p: method.init_params(p, model, jax.random.fold_in(jax.random.key(cfg.seed), 7))
+  state = (steps_lib.create_state(run.params, sft_tx) if state_kind == "sft"
+           else steps_lib.create_state(rl_params(run.params), rl_tx))
   if ckpt.latest_step() is not None:
     state, meta = ckpt.restore(state)
+    meta.setdefault("method_state", {})
     sft_it.set_state(meta["sft_iterator"])
     rl_it.set_state(meta["rl_iterator"])
     logging.info("resumed from %s at step %d", ckpt.directory, step)
@@ -142,7 +133,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       t0 = time.time()
       if step >= sft_steps and state_kind == "sft":
         # The RL phase starts from the warm-up params with a fresh RL optimizer.
-        state, state_kind = steps_lib.create_state(state.params, rl_tx), "rl"
+        state, state_kind = steps_lib.create_state(rl_params(state.params), rl_tx), "rl"
       if step == sft_steps and meta["baseline"] is None:
         meta["baseline"] = run_eval(step)
       if phase_of(step) == "sft":
@@ -155,9 +146,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           # The KL reference is the policy at the start of the RL phase. It is not checkpointed:
           # a run resumed mid-RL with beta > 0 uses the resumed params as its reference.
           ref_params = jax.tree.map(jnp.copy, state.params)
-        state, metrics = _rl_step(cfg, opts, loss_options, state, rl_it, run, runner, pg_steps,
-                                  logprob_fns, ref_params, rl_tx,
-                                  jax.random.fold_in(base_key, step), T)
+        state, metrics = _rl_step(cfg, opts, loss_options, method, state, rl_it, run, runner,
+                                  pg_steps, logprob_fns, ref_params, rl_tx,
+                                  jax.random.fold_in(base_key, step), T, step - sft_steps,
+                                  meta["method_state"])
       metrics["step_seconds"] = time.time() - t0
       writer.write(step, metrics, phase=phase_of(step))
       step += 1
@@ -212,74 +204,78 @@ def _jsonable(x: Any) -> Any:
   raise TypeError(f"cannot store {type(x).__name__} in checkpoint metadata")
 
 
-def _rl_step(cfg, opts, loss_options, state, rl_it, run, runner, pg_steps, logprob_fns, ref_params,
-             tx, key, T):
+def _rl_step(cfg, opts, loss_options, method, state, rl_it, run, runner, pg_steps, logprob_fns,
+             ref_params, tx, key, T, rl_step, method_state):
   """One rollout + reward + `num_iterations` policy updates; returns (state, metrics)."""
   tok, model = run.tokenizer, run.model
   G = opts["num_generations"]
+  section = cfg.rl[method.name] if method.name in cfg.rl else None
   t0 = time.time()
   examples = next(rl_it)
-  prompt_ids = encode_prompts(cfg, tok, examples)
-  rollout = sample(state.params, prompt_ids, config=model, rng=key, max_new_tokens=T,
-                   temperature=opts["temperature"], top_k=cfg.sampler.top_k, top_p=cfg.sampler.top_p,
-                   num_samples=G, stop_tokens=tuple(tok.eos_token_ids))
-  tokens, mask = np.asarray(rollout.tokens), np.asarray(rollout.mask)
+  params = state.params
+
+  def fns(P):
+    if P not in logprob_fns:
+      logprob_fns[P] = (steps_lib.make_logprob_fn(config=model, prompt_len=P,
+                                                  temperature=opts["temperature"]),
+                        steps_lib.make_hidden_fn(config=model, prompt_len=P))
+    return logprob_fns[P]
+
+  def sample_fn(prompts, *, num_samples=G, max_new_tokens=T, temperature=None,
+                logit_processor=None, rng=None, stop_tokens=None):
+    return sample(params, prompts, config=model, rng=key if rng is None else rng,
+                  max_new_tokens=max_new_tokens,
+                  temperature=opts["temperature"] if temperature is None else temperature,
+                  top_k=cfg.sampler.top_k, top_p=cfg.sampler.top_p, num_samples=num_samples,
+                  stop_tokens=tuple(tok.eos_token_ids) if stop_tokens is None else stop_tokens,
+                  logit_processor=logit_processor)
+
+  def logprobs_fn(tokens, segment_ids, prompt_len, params_=None):
+    out = fns(prompt_len)[0](params if params_ is None else params_, tokens, segment_ids)
+    return tuple(np.asarray(x) for x in out)
+
+  def hidden_fn(tokens, segment_ids, prompt_len, params_=None):
+    out = fns(prompt_len)[1](params if params_ is None else params_, tokens, segment_ids)
+    return tuple(np.asarray(x) for x in out)
+
+  ctx = StepContext(cfg=cfg, opts=opts, section=section, run=run, params=params, step=rl_step,
+                    rng=key, examples=list(examples), prompt_ids=encode_prompts(cfg, tok, examples),
+                    G=G, T=T, state=method_state, sample=sample_fn, score=runner,
+                    logprobs=logprobs_fn, hidden=hidden_fn)
+  data = method.rollout(ctx)
   t_rollout = time.time() - t0
-  texts = decode_completions(tok, tokens, mask)
-  rew = runner(texts, [ex for ex in examples for _ in range(G)])
-  rewards = rew.rewards.copy()
-  lengths = mask.sum(axis=1)
-  if opts["overlong_buffer_len"]:
-    rewards += np.asarray(obj.overlong_reward_penalty(
-        jnp.asarray(lengths), T, min(opts["overlong_buffer_len"], T), opts["overlong_penalty_factor"]))
-  advantages = _advantages(rewards, opts)
-  kept_groups = len(examples)
-  if opts["dynamic_sampling"]:
-    # Groups with equal rewards have zero advantage; they stay in the batch (static shapes)
-    # but carry no loss: their mask is zeroed so they do not dilute the denominators.
-    keep = obj.dynamic_sampling_groups(rew.per_fn["task"], G)
-    row_keep = np.zeros(len(rewards), bool)
-    for g in keep:
-      row_keep[g * G:(g + 1) * G] = True
-    mask = mask * row_keep[:, None]
-    kept_groups = len(keep)
-  if opts["mask_truncated_completions"]:
-    mask = np.asarray(obj.mask_truncated_completions(jnp.asarray(mask), jnp.asarray(tokens),
-                                                     tok.eos_token_ids))
-  weights = np.ones(mask.shape, np.float32)
-  if opts["top_entropy_quantile"] < 1.0:
-    weights = np.asarray(obj.top_entropy_mask(jnp.asarray(rollout.entropy), jnp.asarray(mask),
-                                              opts["top_entropy_quantile"]))
-  batch = batches.pg_batch(rollout, advantages=advantages, mask=mask, token_weights=weights)
-  P = batch["tokens"].shape[1] - T
+  data = method.shape(ctx, data)
+  batch = data.batch()
+  P = data.prompt_len
   if P not in pg_steps:
     pg_steps[P] = steps_lib.make_pg_step(tx, config=model, prompt_len=P, loss_options=loss_options,
                                          temperature=opts["temperature"],
                                          micro_batch_size=cfg.train.micro_batch_size,
-                                         remat=cfg.model.remat)
-    logprob_fns[P] = steps_lib.make_logprob_fn(config=model, prompt_len=P,
-                                               temperature=opts["temperature"])
+                                         remat=cfg.model.remat, method=method,
+                                         section=section_dict(section))
   multi_update = opts["num_iterations"] > 1 or cfg.train.mini_batches > 1
-  if multi_update:
-    batch["old_logp"] = np.asarray(logprob_fns[P](state.params, batch["tokens"], batch["segment_ids"])[0])
+  if multi_update or method.needs_old_logp(opts):
+    batch["old_logp"] = logprobs_fn(batch["tokens"], batch["segment_ids"], P)[0]
   if ref_params is not None:
-    batch["ref_logp"] = np.asarray(logprob_fns[P](ref_params, batch["tokens"], batch["segment_ids"])[0])
+    batch["ref_logp"] = logprobs_fn(batch["tokens"], batch["segment_ids"], P, ref_params)[0]
   t1 = time.time()
   metrics: dict[str, float] = {}
+  n = batch["mask"].shape[0]
   for _ in range(opts["num_iterations"]):
-    for rows in batches.group_minibatches(len(rewards), G, cfg.train.mini_batches):
+    for rows in batches.group_minibatches(n, G, cfg.train.mini_batches):
       state, m = pg_steps[P](state, {k: v[rows] for k, v in batch.items()})
   metrics.update({k: float(v) for k, v in m.items()})
+  mask = data.mask
   valid = mask.sum()
+  lengths = data.lengths
   metrics.update(
-      reward=float(rew.rewards.mean()), accuracy=float((rew.per_fn["task"] >= 1).mean()),
-      reward_std=float(rew.rewards.std()), completion_length=float(lengths.mean()),
-      truncated_fraction=float(np.asarray(rollout.truncated).mean()),
-      sampler_entropy=float((np.asarray(rollout.entropy) * mask).sum() / max(valid, 1)),
-      kept_groups=float(kept_groups), reward_errors=float(rew.stats["reward_errors"]),
-      reward_timeouts=float(rew.stats["reward_timeouts"]),
+      reward=float(data.rewards.mean()), accuracy=float(data.correct.mean()),
+      reward_std=float(data.rewards.std()), completion_length=float(lengths.mean()),
+      truncated_fraction=float(np.asarray(data.truncated).mean()),
+      sampler_entropy=float((data.entropy * mask).sum() / max(valid, 1)),
       rollout_seconds=t_rollout, update_seconds=time.time() - t1,
       tokens_per_second=float(lengths.sum()) / max(t_rollout, 1e-9))
+  metrics.update({k: float(v) for k, v in data.metrics.items()})
   return state, metrics
 
 

@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from tokenrl.methods.base import LossContext, Method
 from tokenrl.models import transformer
 from tokenrl.models.config import ModelConfig
-from tokenrl.objectives import loss_denominator, policy_loss, token_logprobs
+from tokenrl.objectives import token_logprobs
 
 
 @jax.tree_util.register_dataclass
@@ -123,34 +124,31 @@ def make_sft_step(tx: optax.GradientTransformation, *, config: ModelConfig, micr
 
 def make_pg_step(tx: optax.GradientTransformation, *, config: ModelConfig, prompt_len: int,
                  loss_options: dict[str, Any], temperature: float, micro_batch_size: int = 0,
-                 remat: bool = False, jit: bool = True):
-  """step(state, batch) for the clipped policy-gradient family.
+                 remat: bool = False, jit: bool = True, method: Method | None = None,
+                 section: dict[str, Any] | None = None):
+  """step(state, batch) for the policy-gradient family; the loss is `method.loss_fn`.
 
-  batch: tokens/segment_ids [N,P+T]; mask, old_logp, sampler_logp, token_weights [N,T];
-  advantages [N] or [N,T]; optional ref_logp [N,T] (when beta > 0). `loss_options` are the
-  keyword options of `policy_loss` (see objectives.config.POLICY_LOSS_OPTIONS).
+  batch: tokens/segment_ids [N,P+T]; mask, sampler_logp, token_weights [N,T]; advantages [N] or
+  [N,T]; optional old_logp / ref_logp [N,T] and the method's extra arrays (StepData.extra).
+  `loss_options` are the keyword options of `policy_loss` (objectives.config.POLICY_LOSS_OPTIONS);
+  `method` defaults to the plain GRPO-family Method, `section` is its config section as a dict.
   jit=False returns the plain function (for `tokenrl.train.sharded.shard_step`).
   """
-  mode = loss_options["loss_agg_mode"]
-
-  def loss_fn(params, mb, denom, n_total):
-    logp, entropy = completion_logprobs(params, mb["tokens"], mb["segment_ids"], prompt_len,
-                                        config=config, temperature=temperature, remat=remat)
-    old = mb["old_logp"] if "old_logp" in mb else jax.lax.stop_gradient(logp)
-    loss, metrics = policy_loss(
-        logp, old, mb["advantages"], mb["mask"], ref_logp=mb.get("ref_logp"),
-        sampler_logp=mb["sampler_logp"], entropy=entropy, token_weights=mb["token_weights"],
-        global_denominator=denom, **loss_options)
-    # Metrics are means over this micro-batch; weight them by its share so sums are means.
-    share = mb["mask"].shape[0] / n_total
-    return loss, jax.tree.map(lambda v: v * share, metrics)
+  method = method or Method()
+  base_ctx = LossContext(model=config, prompt_len=prompt_len, temperature=temperature,
+                         remat=remat, loss_options=dict(loss_options), section=section)
 
   def step(state: TrainState, batch: dict[str, jax.Array]):
     n = batch["mask"].shape[0]
-    denom = loss_denominator(batch["mask"], mode,
-                             loss_scale_factor=loss_options["loss_scale_factor"])
-    loss, metrics, grads = _accumulate(lambda p, mb: loss_fn(p, mb, denom, n), state.params,
-                                       batch, micro_batch_size)
+    lctx = dataclasses.replace(base_ctx, denom=method.denominator(batch, base_ctx))
+
+    def loss_fn(params, mb):
+      loss, metrics = method.loss_fn(params, mb, lctx)
+      # Metrics are means over this micro-batch; weight them by its share so sums are means.
+      share = mb["mask"].shape[0] / n
+      return loss, jax.tree.map(lambda v: v * share, metrics)
+
+    loss, metrics, grads = _accumulate(loss_fn, state.params, batch, micro_batch_size)
     return _apply(state, tx, loss, grads, metrics)
 
   return jax.jit(step, donate_argnums=0) if jit else step
@@ -162,5 +160,18 @@ def make_logprob_fn(*, config: ModelConfig, prompt_len: int, temperature: float,
   def fn(params, tokens, segment_ids):
     return completion_logprobs(params, tokens, segment_ids, prompt_len, config=config,
                                temperature=temperature)
+
+  return jax.jit(fn) if jit else fn
+
+
+def make_hidden_fn(*, config: ModelConfig, prompt_len: int, jit: bool = True):
+  """jitted (params, tokens, segment_ids) -> (hidden [N,T,D], logits [N,T,V] f32) of the
+  completion positions: hidden[:, t] is the unembedding input that predicts token P + t."""
+
+  def fn(params, tokens, segment_ids):
+    hidden, _ = transformer.forward(params, tokens[:, :-1], config=config,
+                                    segment_ids=segment_ids[:, :-1], return_hidden=True)
+    hidden = hidden[:, prompt_len - 1:]
+    return hidden, transformer.unembed(params, hidden, config=config)
 
   return jax.jit(fn) if jit else fn
