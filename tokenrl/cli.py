@@ -1,10 +1,12 @@
-"""`tokenrl train | eval | sample | export` (absl + ml_collections config flags).
+"""`tokenrl train | eval | sample | export | plan` (absl + ml_collections config flags).
 
   tokenrl train --config configs/quickstart.py --workdir runs/quickstart
   tokenrl train --config configs/quickstart.py --config.rl.objective=dapo --workdir runs/x
   tokenrl eval --workdir runs/quickstart
   tokenrl sample --model DIR_OR_WORKDIR --prompt "12+7=" [--num_samples 4 --temperature 0.7]
   tokenrl export --workdir runs/quickstart --out hf_model/
+  tokenrl plan --config configs/qwen3_8b_v5e64.py [--devices v5e-64 | --devices 64]
+  tokenrl train ... --coordinator HOST:PORT --num_processes 4 --process_id 0   (multi-host)
 """
 
 from __future__ import annotations
@@ -30,8 +32,17 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "top-p (sample)")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "completions per prompt (sample)")
 _OUT = flags.DEFINE_string("out", None, "output folder (export)")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed (sample)")
+_DEVICES = flags.DEFINE_string("devices", None,
+                               "plan: a device count (of the local kind) or kind, e.g. 64, h100-8, "
+                               "v5e-64 (default: this job's devices)")
+_COORDINATOR = flags.DEFINE_string("coordinator", "",
+                                   "train: HOST:PORT of process 0 in a multi-process job "
+                                   "(default: $TOKENRL_COORDINATOR, SLURM or TPU-pod detection)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0,
+                                      "train: processes in the job (0 = detect)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "train: this process's index (-1 = detect)")
 
-COMMANDS = ("train", "eval", "sample", "export")
+COMMANDS = ("train", "eval", "sample", "export", "plan")
 
 
 def load_workdir(workdir: str):
@@ -43,10 +54,30 @@ def load_workdir(workdir: str):
 
 
 def _cmd_train() -> None:
-  from tokenrl.train.rl_loop import train
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("train needs --config and --workdir")
+  from tokenrl.train import distributed
+  # Before anything touches a device: a multi-host job joins its coordinator here.
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  from tokenrl.train.rl_loop import train
   train(_CONFIG.value, _WORKDIR.value)
+
+
+def _cmd_plan() -> None:
+  """Prints the per-device memory table and verdict; exit code 1 when it does not fit."""
+  from tokenrl.train.plan import plan
+  if _CONFIG.value is None:
+    raise app.UsageError("plan needs --config")
+  devices = _DEVICES.value
+  try:
+    result = plan(_CONFIG.value, int(devices) if devices and devices.isdigit() else devices)
+  except ValueError as e:
+    print(f"tokenrl plan: {e}", file=sys.stderr)
+    sys.exit(1)
+  print(result.table())
+  print(result.verdict())
+  if not result.fits:
+    sys.exit(1)
 
 
 def _cmd_eval() -> None:
@@ -94,8 +125,10 @@ def _cmd_export() -> None:
   from tokenrl import models
   if not _WORKDIR.value or not _OUT.value:
     raise app.UsageError("export needs --workdir and --out")
+  from tokenrl.train.workdir import model_params
   _, run, params = load_workdir(_WORKDIR.value)
-  models.save_hf(_OUT.value, run.model, params)
+  # A value head or other method-owned params are not part of the HF checkpoint.
+  models.save_hf(_OUT.value, run.model, model_params(params, run.model))
   print(f"wrote {_OUT.value}")
 
 
@@ -104,7 +137,8 @@ def main(argv) -> None:
     raise app.UsageError(f"usage: tokenrl {{{'|'.join(COMMANDS)}}} [flags]")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  {"train": _cmd_train, "eval": _cmd_eval, "sample": _cmd_sample, "export": _cmd_export}[argv[1]]()
+  {"train": _cmd_train, "eval": _cmd_eval, "sample": _cmd_sample, "export": _cmd_export,
+   "plan": _cmd_plan}[argv[1]]()
 
 
 def run() -> None:

@@ -17,6 +17,7 @@ def model_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.preset = "tiny"         # tokenrl.models.PRESETS name; ignored when hf_path is set
   c.hf_path = ""            # local Hugging Face folder (config.json + safetensors); "" = preset
+  c.init_workdir = ""       # start from the latest params of this tokenrl workdir ("" = off)
   c.dtype = "float32"       # param dtype: float32 | bfloat16 (logits/log-probs accumulate in f32)
   c.remat = False           # rematerialize each layer in the backward pass
   # Shape of the 'tiny' preset (vocab comes from the tokenizer): a model trained from scratch.
@@ -27,6 +28,14 @@ def model_config() -> ml_collections.ConfigDict:
   c.num_kv_heads = 2        # K
   c.mlp_dim = 384           # F
   c.max_seq_len = 256       # longest prompt + completion
+  # Rollout (prefill + decode) attention; training steps always use full attention.
+  c.attention = "full"      # full | tokenselect (TokenSelect token-level KV selection)
+  c.tokenselect_top_k = 2048      # selected candidate tokens per step (reference default)
+  c.tokenselect_n_init = 128      # always-kept initial tokens
+  c.tokenselect_n_local = 512     # always-kept most recent tokens
+  c.tokenselect_chunk_size = 512  # prefill chunk (queries sharing one selection)
+  c.tokenselect_threshold = 0.9   # Selection Cache: reuse while cos(query, anchor) >= this
+  c.tokenselect_cache = True      # enable the Selection Cache
   return c
 
 
@@ -35,6 +44,7 @@ def data_config() -> ml_collections.ConfigDict:
   c.task = "arith"          # arith | sort | countdown (embedded) | gsm8k (TFDS) | jsonl
   c.tiers = ""              # task difficulty, e.g. 'add:1-2,sub:1-2' ("" = the task's default)
   c.jsonl_path = ""         # {prompt, answer} lines when task = 'jsonl'
+  c.preference_jsonl_path = ""  # {prompt, chosen, rejected} lines; "" = embedded pairs of task
   c.tfds_data_dir = ""      # TFDS data_dir for gsm8k ("" = $TFDS_DATA_DIR or the TFDS default)
   c.tokenizer = "char"      # 'char' (built-in) or a folder with tokenizer.json; "" = the model's
   c.chat_template = False   # render prompts with the tokenizer's chat template
@@ -75,6 +85,7 @@ def train_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 50   # steps between orbax checkpoints; 0 = only at the end
   c.keep_checkpoints = 2    # checkpoints kept on disk
   c.async_checkpoint = True  # save in the background while training continues
+  c.check_memory = True     # run `tokenrl plan`'s fits check before allocating anything
   return c
 
 

@@ -16,26 +16,29 @@ from tokenrl.rollout import sample
 def evaluate(params: Any, *, config: ModelConfig, tokenizer: Any, examples: Sequence[Mapping[str, Any]],
              prompt_ids: Sequence[Sequence[int]], reward_fn: Callable[[str, Mapping[str, Any]], float],
              max_new_tokens: int, num_samples: int = 0, temperature: float = 1.0,
-             batch_size: int = 256, rng: jax.Array | None = None) -> dict[str, float]:
+             batch_size: int = 256, rng: jax.Array | None = None,
+             sampler: Callable[..., Any] | None = None) -> dict[str, float]:
   """{'accuracy': greedy accuracy, 'pass@k', 'maj@k' (k = num_samples, if > 0)}.
 
   A completion counts as correct when reward_fn(...) >= 1 (the exact-answer verifiers return
   0 or 1). The reward functions here run inline: they are the library's own verifiers.
   """
   stops = tuple(tokenizer.eos_token_ids)
+  # `sampler(params, ids, **kw)`: e.g. the train loop's mesh-aware Placement.sample.
+  draw = (lambda p, ids, **kw: sample(p, ids, config=config, **kw)) if sampler is None else sampler
   rng = jax.random.key(0) if rng is None else rng
   greedy_ok, pass_k, maj_k = [], [], []
   for start in range(0, len(examples), batch_size):
     chunk = examples[start:start + batch_size]
     ids = list(prompt_ids[start:start + batch_size])
-    out = sample(params, ids, config=config, rng=rng, max_new_tokens=max_new_tokens,
-                 temperature=0.0, stop_tokens=stops)
+    out = draw(params, ids, rng=rng, max_new_tokens=max_new_tokens, temperature=0.0,
+               stop_tokens=stops)
     texts = decode_completions(tokenizer, np.asarray(out.tokens), np.asarray(out.mask))
     greedy_ok += [reward_fn(t, ex) >= 1.0 for t, ex in zip(texts, chunk)]
     if num_samples > 0:
       rng, key = jax.random.split(rng)
-      out = sample(params, ids, config=config, rng=key, max_new_tokens=max_new_tokens,
-                   temperature=temperature, num_samples=num_samples, stop_tokens=stops)
+      out = draw(params, ids, rng=key, max_new_tokens=max_new_tokens, temperature=temperature,
+                 num_samples=num_samples, stop_tokens=stops)
       texts = decode_completions(tokenizer, np.asarray(out.tokens), np.asarray(out.mask))
       for i, ex in enumerate(chunk):
         group = texts[i * num_samples:(i + 1) * num_samples]

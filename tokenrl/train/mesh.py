@@ -83,6 +83,14 @@ def param_shardings(config: ModelConfig, mesh: Mesh, rules: dict[str, Any] | Non
                         mesh, rules)
 
 
+def with_extra_params(p_shardings: dict[str, Any], params: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
+  """`p_shardings` plus a replicated sharding for every top-level key of `params` outside the
+  model's table: method-owned params such as a value head ([D] vectors) are small."""
+  rep = replicated(mesh)
+  extra = {k: jax.tree.map(lambda _: rep, v) for k, v in params.items() if k not in p_shardings}
+  return {**p_shardings, **extra}
+
+
 def decode_rules(rules: dict[str, Any] | None = None) -> dict[str, Any]:
   """`rules` without the fsdp axis: params whole on every data/fsdp replica, split on tensor.
 
@@ -151,12 +159,13 @@ def state_shardings(state_abstract: Any, config: ModelConfig, mesh: Mesh,
   """
   if not isinstance(state_abstract, TrainState):
     raise ValueError(f"state_abstract must be a TrainState, got {type(state_abstract).__name__}")
-  shapes = jax.tree.map(lambda x: tuple(x.shape), state_abstract.params)
   expected = transformer.param_shapes(config)
+  shapes = jax.tree.map(lambda x: tuple(x.shape),
+                        {k: v for k, v in state_abstract.params.items() if k in expected})
   if shapes != expected:
     raise ValueError(f"state_abstract.params has shapes {shapes}, the model config expects "
                      f"{expected}")
-  p_shardings = param_shardings(config, mesh, rules)
+  p_shardings = with_extra_params(param_shardings(config, mesh, rules), state_abstract.params, mesh)
   rep = replicated(mesh)
   return TrainState(step=rep, params=p_shardings,
                     opt_state=_mirror(state_abstract.opt_state, state_abstract.params, p_shardings,

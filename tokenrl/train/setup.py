@@ -39,14 +39,18 @@ def build_tokenizer(cfg: ml_collections.ConfigDict) -> Any:
   return load_tokenizer(spec)
 
 
-def build_model(cfg: ml_collections.ConfigDict, tokenizer: Any, rng: jax.Array):
-  """(ModelConfig, params) from model.hf_path, or a preset initialised from `rng`."""
+def build_model(cfg: ml_collections.ConfigDict, tokenizer: Any, rng: jax.Array, mesh: Any = None):
+  """(ModelConfig, params) from model.hf_path, or a preset initialised from `rng`.
+
+  With a mesh, params are read or created directly in their shardings (each device computes or
+  reads only its own shard; the whole model never sits on one device or host).
+  """
   m = cfg.model
   if m.dtype not in _DTYPES:
     raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {m.dtype!r}")
   dtype = _DTYPES[m.dtype]
   if m.hf_path:
-    config, params = models.load_hf(m.hf_path, dtype=dtype)
+    config, params = models.load_hf(m.hf_path, dtype=dtype, mesh=mesh)
   else:
     if m.preset == "tiny":
       config = models.tiny(m.family, vocab_size=tokenizer.vocab_size, dim=m.dim,
@@ -56,11 +60,31 @@ def build_model(cfg: ml_collections.ConfigDict, tokenizer: Any, rng: jax.Array):
                            bos_id=tokenizer.bos_id, eos_ids=tuple(tokenizer.eos_token_ids))
     else:
       config = models.get_preset(m.preset)
-    params = models.init_params(config, rng, dtype=dtype)
+    params = _init_params(config, rng, dtype, mesh)
   if tokenizer.vocab_size > config.vocab_size:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
                      f"{config.vocab_size} (data.tokenizer vs model.*)")
+  attention = m.get("attention", "full")
+  if attention != "full":
+    from tokenrl.models.config import TokenSelectConfig  # noqa: PLC0415 (kept inside build_model)
+    ts = TokenSelectConfig(
+        top_k=m.get("tokenselect_top_k", 2048), n_init=m.get("tokenselect_n_init", 128),
+        n_local=m.get("tokenselect_n_local", 512),
+        chunk_size=m.get("tokenselect_chunk_size", 512),
+        threshold=m.get("tokenselect_threshold", 0.9), cache=m.get("tokenselect_cache", True))
+    config = config.replace(attention=attention, tokenselect=ts)
   return config, params
+
+
+def _init_params(config: Any, rng: jax.Array, dtype: Any, mesh: Any) -> Any:
+  if mesh is None:
+    return models.init_params(config, rng, dtype=dtype)
+  # pylint: disable=g-import-not-at-top
+  from tokenrl.train.mesh import param_shardings
+  from tokenrl.train.sharded import _replicate_key
+  init = jax.jit(lambda key: models.init_params(config, key, dtype=dtype),
+                 out_shardings=param_shardings(config, mesh))
+  return init(_replicate_key(rng, mesh))
 
 
 def build_examples(cfg: ml_collections.ConfigDict):
@@ -85,9 +109,10 @@ def build_examples(cfg: ml_collections.ConfigDict):
   return train, test, task.reward_fn
 
 
-def build_run(cfg: ml_collections.ConfigDict) -> Run:
+def build_run(cfg: ml_collections.ConfigDict, mesh: Any = None) -> Run:
   tokenizer = build_tokenizer(cfg)
-  model_config, params = build_model(cfg, tokenizer, jax.random.fold_in(jax.random.key(cfg.seed), 0))
+  model_config, params = build_model(cfg, tokenizer, jax.random.fold_in(jax.random.key(cfg.seed), 0),
+                                     mesh)
   train, test, verifier = build_examples(cfg)
   fns = {"task": verifier}
   weights = {"task": 1.0}

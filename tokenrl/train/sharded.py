@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from tokenrl.models import transformer
 from tokenrl.models.config import ModelConfig
 from tokenrl.train.mesh import param_shardings, process_rows, replicated, state_shardings
+from tokenrl.train.mesh import with_extra_params
 from tokenrl.train.steps import TrainState, create_state
 
 
@@ -52,7 +53,7 @@ def state_from_params(params: Any, tx: optax.GradientTransformation, config: Mod
   resharded; host or single-device values (identical on every process) are read shard by
   shard. The optimizer state is created in its shardings.
   """
-  p_shardings = param_shardings(config, mesh, rules)
+  p_shardings = with_extra_params(param_shardings(config, mesh, rules), params, mesh)
   params = jax.tree.map(_put, params, p_shardings)
   abstract = jax.eval_shape(lambda p: create_state(p, tx), params)
   shardings = state_shardings(abstract, config, mesh, rules)
