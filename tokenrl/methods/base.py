@@ -158,8 +158,9 @@ class LossContext:
   """Static context of the jitted loss (hashable fields only; closed over at trace time).
 
   model, prompt_len (P), temperature, remat; loss_options: the `policy_loss` keyword options;
-  section: the method's config section as a plain dict (or None); denom: the loss denominator
-  of the whole minibatch (a traced scalar, see `loss_denominator`).
+  section: the method's config section as a plain dict (or None); options: every resolved
+  `rl` option (`resolve_objective`: vf_coef, cliprange_value, gamma, ...); denom: the loss
+  denominator of the whole minibatch (a traced scalar, see `loss_denominator`).
   """
 
   model: ModelConfig
@@ -168,6 +169,7 @@ class LossContext:
   remat: bool
   loss_options: dict[str, Any]
   section: dict[str, Any] | None
+  options: dict[str, Any] = dataclasses.field(default_factory=dict)
   denom: Any = None
 
 

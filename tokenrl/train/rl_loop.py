@@ -293,7 +293,8 @@ def _rl_step(cfg, opts, loss_options, method, state, shardings, place, rl_it, ru
     pg_steps[P] = place.step(steps_lib.make_pg_step(
         tx, config=model, prompt_len=P, loss_options=loss_options,
         temperature=opts["temperature"], micro_batch_size=cfg.train.micro_batch_size,
-        remat=cfg.model.remat, method=method, section=section_dict(section), jit=False), shardings)
+        remat=cfg.model.remat, method=method, section=section_dict(section), options=opts,
+        jit=False), shardings)
   multi_update = opts["num_iterations"] > 1 or cfg.train.mini_batches > 1
   if multi_update or method.needs_old_logp(opts):
     batch["old_logp"] = logprobs_fn(batch["tokens"], batch["segment_ids"], P)[0]

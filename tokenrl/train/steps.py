@@ -125,18 +125,20 @@ def make_sft_step(tx: optax.GradientTransformation, *, config: ModelConfig, micr
 def make_pg_step(tx: optax.GradientTransformation, *, config: ModelConfig, prompt_len: int,
                  loss_options: dict[str, Any], temperature: float, micro_batch_size: int = 0,
                  remat: bool = False, jit: bool = True, method: Method | None = None,
-                 section: dict[str, Any] | None = None):
+                 section: dict[str, Any] | None = None, options: dict[str, Any] | None = None):
   """step(state, batch) for the policy-gradient family; the loss is `method.loss_fn`.
 
   batch: tokens/segment_ids [N,P+T]; mask, sampler_logp, token_weights [N,T]; advantages [N] or
   [N,T]; optional old_logp / ref_logp [N,T] and the method's extra arrays (StepData.extra).
   `loss_options` are the keyword options of `policy_loss` (objectives.config.POLICY_LOSS_OPTIONS);
-  `method` defaults to the plain GRPO-family Method, `section` is its config section as a dict.
+  `method` defaults to the plain GRPO-family Method, `section` is its config section as a dict,
+  `options` the resolved `rl` options (LossContext.options).
   jit=False returns the plain function (for `tokenrl.train.sharded.shard_step`).
   """
   method = method or Method()
   base_ctx = LossContext(model=config, prompt_len=prompt_len, temperature=temperature,
-                         remat=remat, loss_options=dict(loss_options), section=section)
+                         remat=remat, loss_options=dict(loss_options), section=section,
+                         options=dict(options or {}))
 
   def step(state: TrainState, batch: dict[str, jax.Array]):
     n = batch["mask"].shape[0]

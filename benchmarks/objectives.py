@@ -1,0 +1,197 @@
+"""Every RL objective on the embedded arithmetic task: same budget, same seeds, same evaluation.
+
+  python benchmarks/objectives.py                      # all objectives x 3 seeds (< 45 min, 2 cores)
+  python benchmarks/objectives.py --quick              # 2 seeds x 40 steps, a few objectives
+  python benchmarks/objectives.py --methods grpo,thr --seeds 0 --steps 60
+
+Protocol (identical for every objective):
+* Per seed, one SFT warm-up of configs/quickstart.py (400 steps, the same params for every
+  objective of that seed), written once to WORK/sft_seed<k>; each objective's run starts from it
+  (`model.init_workdir`).
+* Then `--steps` RL steps with the quickstart's RL settings (32 prompts x 8 samples, AdamW 5e-4
+  cosine, T = 6 new tokens); the objective's own preset and section defaults, nothing tuned.
+* Held-out greedy accuracy on the same 256 problems every `steps/4` steps; "steps to target" is
+  the first evaluation step whose accuracy >= --target (absolute), "-" if never.
+* tokens/s = completion tokens generated / wall seconds of the RL steps (rollout + update +
+  method overhead), so methods that sample more (hints, budgets, multi-turn) pay for it.
+A method may define `benchmark_overrides(cfg)` when it needs another task (POAD's multi-token
+actions); its row is then marked with the task it ran on and is not comparable to the others.
+
+Writes benchmarks/results/objectives.json and benchmarks/results/objectives.png (held-out
+accuracy vs RL step, mean over seeds) and prints the markdown table for RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def quickstart(arg=None):
+  spec = importlib.util.spec_from_file_location(
+      "quickstart", os.path.join(REPO, "configs", "quickstart.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def all_objectives() -> list[str]:
+  from tokenrl.methods import METHODS
+  from tokenrl.objectives.config import OBJECTIVES
+  rl = [n for n, m in sorted(METHODS.items()) if not getattr(m, "pairwise", False)]
+  return [n for n in OBJECTIVES if n not in rl] + rl
+
+
+def run_one(name: str, seed: int, steps: int, sft_dir: str, workdir: str, eval_size: int) -> dict:
+  from tokenrl.methods import get_method
+  from tokenrl.train.metrics import read_metrics
+  from tokenrl.train.rl_loop import train
+  cfg = quickstart()
+  cfg.seed = seed
+  cfg.rl.objective = name
+  cfg.model.init_workdir = sft_dir
+  cfg.train.sft_steps = 0
+  cfg.train.max_steps = steps
+  cfg.train.eval_every = max(1, steps // 4)
+  cfg.train.eval_num_samples = 0
+  cfg.train.checkpoint_every = 0
+  cfg.data.eval_size = eval_size
+  cfg.optimizer.warmup_steps = min(cfg.optimizer.warmup_steps, max(1, steps // 10))
+  method = get_method(name)
+  task = cfg.data.task
+  if hasattr(method, "benchmark_overrides"):
+    method.benchmark_overrides(cfg)
+  t0 = time.time()
+  summary = train(cfg, workdir)
+  wall = time.time() - t0
+  rl = [r for r in read_metrics(workdir) if r["phase"] == "rl"]
+  n_rows = cfg.data.batch_size * cfg.rl.num_generations
+  tokens = sum(r["completion_length"] * n_rows for r in rl)
+  step_s = sum(r["step_seconds"] for r in rl)
+  return {
+      "objective": name, "seed": seed, "task": cfg.data.task, "comparable": cfg.data.task == task,
+      "baseline_accuracy": summary["baseline_accuracy"], "final_accuracy": summary["final_accuracy"],
+      "evals": [(e["step"], e["accuracy"]) for e in summary["evals"]],
+      "reward_curve": [r["reward"] for r in rl],
+      "tokens_per_second": tokens / max(step_s, 1e-9), "wall_seconds": wall,
+  }
+
+
+def sft_warmup(seed: int, workdir: str) -> str:
+  from tokenrl.train.rl_loop import train
+  if os.path.exists(os.path.join(workdir, "summary.json")):
+    return workdir
+  cfg = quickstart()
+  cfg.seed = seed
+  cfg.train.max_steps = 0
+  cfg.train.eval_num_samples = 0
+  cfg.train.checkpoint_every = 0
+  cfg.data.eval_size = 64
+  train(cfg, workdir)
+  return workdir
+
+
+def steps_to(evals, target):
+  for step, acc in evals:
+    if acc >= target:
+      return step
+  return None
+
+
+def table(results: list[dict], target: float) -> str:
+  by = {}
+  for r in results:
+    by.setdefault(r["objective"], []).append(r)
+  rows = ["| objective | held-out acc. (mean ± std) | gain vs SFT | steps to "
+          f"{target:.0%} | tokens/s | seeds |", "|---|---|---|---|---|---|"]
+  for name, rs in by.items():
+    acc = [r["final_accuracy"] for r in rs]
+    gain = [r["final_accuracy"] - r["baseline_accuracy"] for r in rs]
+    hit = [steps_to(r["evals"], target) for r in rs]
+    hit_s = ", ".join("-" if h is None else str(h) for h in hit)
+    sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+    tps = statistics.mean(r["tokens_per_second"] for r in rs)
+    label = name if rs[0]["comparable"] else f"{name} ({rs[0]['task']}, not comparable)"
+    rows.append(f"| {label} | {statistics.mean(acc):.3f} ± {sd:.3f} | "
+                f"{statistics.mean(gain):+.3f} | {hit_s} | {tps:,.0f} | {len(rs)} |")
+  return "\n".join(rows)
+
+
+def plot(results: list[dict], path: str) -> None:
+  from matplotlib.figure import Figure
+  import numpy as np
+  by = {}
+  for r in results:
+    by.setdefault(r["objective"], []).append(r)
+  fig = Figure(figsize=(10, 6))
+  ax = fig.subplots()
+  for i, (name, rs) in enumerate(by.items()):
+    steps = [s for s, _ in rs[0]["evals"]]
+    accs = np.array([[a for _, a in r["evals"]] for r in rs if len(r["evals"]) == len(steps)])
+    ax.plot(steps, accs.mean(0), "o-" if i < 10 else "s--", label=name, color=f"C{i % 10}")
+  ax.set_xlabel("RL step")
+  ax.set_ylabel("held-out greedy accuracy (mean over seeds)")
+  ax.grid(alpha=0.3)
+  ax.legend(ncol=3, fontsize=8, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--methods", default="", help="comma list (default: every RL objective)")
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--steps", type=int, default=80, help="RL steps per run (same for all)")
+  parser.add_argument("--eval_size", type=int, default=256)
+  parser.add_argument("--target", type=float, default=0.40, help="accuracy for 'steps to'")
+  parser.add_argument("--quick", action="store_true", help="2 seeds x 40 steps, 4 objectives")
+  parser.add_argument("--work", default="/tmp/tokenrl_objectives")
+  parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
+  args = parser.parse_args()
+  if args.quick:
+    args.seeds, args.steps = "0,1", 40
+    args.methods = args.methods or "grpo,dapo,grpo_neg,thr"
+  names = args.methods.split(",") if args.methods else all_objectives()
+  seeds = [int(s) for s in args.seeds.split(",")]
+  os.makedirs(args.out, exist_ok=True)
+  start = time.time()
+  results = []
+  for seed in seeds:
+    sft = sft_warmup(seed, os.path.join(args.work, f"sft_seed{seed}"))
+    for name in names:
+      wd = os.path.join(args.work, f"{name}_seed{seed}_{int(time.time())}")
+      try:
+        r = run_one(name, seed, args.steps, sft, wd, args.eval_size)
+      except Exception as e:  # a broken objective is reported, the table still comes out
+        print(f"!! {name} seed {seed} failed: {type(e).__name__}: {e}", flush=True)
+        continue
+      results.append(r)
+      print(f"{name:14s} seed {seed}: {r['baseline_accuracy']:.3f} -> {r['final_accuracy']:.3f} "
+            f"({r['wall_seconds']:.0f} s)", flush=True)
+  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()
+  meta = {"date": datetime.date.today().isoformat(), "commit": commit,
+          "machine": f"{platform.machine()}, {os.cpu_count()} cores", "seeds": seeds,
+          "steps": args.steps, "eval_size": args.eval_size, "target": args.target,
+          "total_seconds": time.time() - start}
+  with open(os.path.join(args.out, "objectives.json"), "w") as f:
+    json.dump({"meta": meta, "results": results}, f, indent=1)
+  if results:
+    plot(results, os.path.join(args.out, "objectives.png"))
+  print(f"\n{meta}\n")
+  print(table(results, args.target))
+
+
+if __name__ == "__main__":
+  main()
