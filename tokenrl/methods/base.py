@@ -251,8 +251,12 @@ class Method:
     """(scalar loss already divided by lctx.denom, metrics of means over this micro-batch)."""
     return default_loss(params, mb, lctx)
 
-  def denominator(self, batch: dict[str, jax.Array], lctx: LossContext) -> jax.Array:
-    """The loss denominator of the whole minibatch (traced); default per `loss_agg_mode`."""
+  def denominator(self, batch: dict[str, jax.Array], lctx: LossContext) -> Any:
+    """The loss denominator of the whole minibatch (traced); default per `loss_agg_mode`.
+
+    Any pytree of scalars works (it reaches `loss_fn` as lctx.denom), e.g. a dict with one
+    denominator for the policy loss and another for an auxiliary per-row loss.
+    """
     return loss_denominator(batch["mask"], lctx.loss_options["loss_agg_mode"],
                             loss_scale_factor=lctx.loss_options["loss_scale_factor"])
 
