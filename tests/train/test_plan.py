@@ -178,3 +178,12 @@ def test_cli_plan_exit_codes():
              "--devices", "v5e-1")
   assert bad.returncode == 1, bad.stderr
   assert "does not fit:" in bad.stdout
+
+
+def test_sft_only_run_plans_with_a_long_warmup():
+  # max_steps = 0 (an SFT-only run) with optimizer warm-up > 0: the RL schedule is never built,
+  # the plan must not fail on it (it did: "warmup_steps (20) must be <= total_steps (1)").
+  cfg = _tiny()
+  cfg.train.max_steps = 0
+  cfg.optimizer.warmup_steps = 20
+  assert plan(cfg, 1).peak_bytes > 0

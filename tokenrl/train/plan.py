@@ -301,6 +301,11 @@ def model_config(cfg: ml_collections.ConfigDict):
                      eos_ids=tuple(tok.eos_token_ids))
 
 
+def _schedule_steps(cfg: ml_collections.ConfigDict) -> int:
+  """A schedule length build_optimizer accepts (>= warmup); memory does not depend on it."""
+  return max(cfg.train.max_steps, cfg.optimizer.warmup_steps, 1)
+
+
 @functools.lru_cache(maxsize=32)
 def _abstract_state(config, dtype_name: str, optimizer_json: str, total_steps: int, sft: bool):
   """eval_shape of the TrainState (RL optimizer, or the SFT warm-up's AdamW when `sft`)."""
@@ -358,7 +363,8 @@ def _estimate(cfg: ml_collections.ConfigDict, devices: Devices):
   d, f, t = resolve_mesh(cfg.mesh, devices.count)
   amesh = _abstract_mesh((d, f, t))
   opt_json = cfg.optimizer.to_json()
-  state = _abstract_state(mc, cfg.model.dtype, opt_json, max(cfg.train.max_steps, 1), False)
+  # Only the state's shapes matter: an SFT-only run (max_steps 0) still gets a valid schedule.
+  state = _abstract_state(mc, cfg.model.dtype, opt_json, _schedule_steps(cfg), False)
   sh = mesh_lib.state_shardings(state, mc, amesh)
   params_b = _device_bytes(state.params, sh.params)
   opt_b = _device_bytes(state.opt_state, sh.opt_state)
@@ -462,7 +468,7 @@ def _compile_step(cfg: ml_collections.ConfigDict, info: dict[str, Any], count: i
   mc, (d, f, t), opts = info["config"], info["mesh"], info["opts"]
   P, T, n_mb = info["P"], info["T"], info["n_mb"]
   mesh = mesh_lib.make_mesh(d, f, t, devices=jax.local_devices()[:count])
-  tx = build_optimizer(cfg.optimizer, max(cfg.train.max_steps, 1))
+  tx = build_optimizer(cfg.optimizer, _schedule_steps(cfg))
   state = jax.eval_shape(lambda k: steps_lib.create_state(
       _init_params(mc, k, _DTYPES[cfg.model.dtype]), tx), jax.random.key(0))
   shardings = mesh_lib.state_shardings(state, mc, mesh)
