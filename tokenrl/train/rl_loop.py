@@ -9,6 +9,7 @@ deterministic, so a run resumed from a checkpoint continues bitwise identically 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import signal
@@ -70,6 +71,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   opts = obj.resolve_objective(cfg.rl)
   loss_options = {k: opts[k] for k in obj.POLICY_LOSS_OPTIONS}
   method = get_method(opts["objective"])
+  trainer = _own_trainer(method)
+  if trainer is not None:  # pairwise (DPO family) or staged methods run their own loop
+    return trainer(cfg, workdir)
   if cfg.train.check_memory:
     check_fits(cfg)  # fail fast with "does not fit: ... try: ..." before any allocation
   mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
@@ -222,6 +226,22 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     plot_curves(workdir, meta["evals"])
     _print_summary(summary)
   return summary
+
+
+def _own_trainer(method: Any):
+  """`train(cfg, workdir)` of a method that does not run the RL loop, or None.
+
+  A Method names it as `trainer = "module:function"`; `pairwise = True` without one means the
+  preference loop (tokenrl.train.pref_loop.train_preference).
+  """
+  spec = getattr(method, "trainer", None)
+  if spec:
+    module, fn = spec.split(":")
+    return getattr(importlib.import_module(module), fn)
+  if getattr(method, "pairwise", False):
+    from tokenrl.train.pref_loop import train_preference  # pylint: disable=g-import-not-at-top
+    return train_preference
+  return None
 
 
 def _init_from_workdir(path: str, model: Any) -> Any:

@@ -1,0 +1,109 @@
+"""Refusal-token trainer (spec §10): SFT with the category token first, then the threshold sweep.
+
+`train_refusal(cfg, workdir)` is what `tokenrl train` runs for `rl.objective=refusal_tokens`:
+cfg.train.sft_steps SFT steps (cfg.train.sft_batch_size, sft_learning_rate) on the embedded
+refusal task (tokenrl.data.refusal: arithmetic prompts, a fraction unanswerable, every target
+starting with '#' = [respond] or '?' = [refuse]), then greedy decoding of the held-out prompts
+under `RefusalProcessor` for each threshold of rl.refusal_tokens.eval_thresholds (and the
+configured threshold / logit_bias): refusal rate on answerable and on unanswerable prompts and
+the task score (`refusal_reward`: a correct refusal counts as correct). No retraining between
+thresholds: the trade-off is traced at inference, as in the paper. No checkpoints or resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from tokenrl.data.prompts import decode_completions
+from tokenrl.data.refusal import make_refusal_examples, refusal_reward
+from tokenrl.objectives.refusal import RefusalProcessor
+from tokenrl.rollout.sampler import sample
+from tokenrl.train import batches as batches_lib
+from tokenrl.train import steps as steps_lib
+from tokenrl.train.setup import build_run, encode_prompts
+
+
+def token_id(tokenizer: Any, text: str) -> int:
+  """The id of a category token: the last id of encode(text) (the reference's convention)."""
+  ids = tokenizer.encode(text, add_special_tokens=False)
+  if not ids:
+    raise ValueError(f"category token {text!r} encodes to no ids")
+  return ids[-1]
+
+
+def refusal_eval(params: Any, *, config: Any, tokenizer: Any, examples, prompt_ids,
+                 processor: RefusalProcessor | None, max_new_tokens: int) -> dict[str, float]:
+  """Greedy decoding under `processor`: refusal rates (answerable / unanswerable) and score.
+
+  examples carry 'refuse' and 'refuse_token' (the refusal character); a completion refuses
+  when its first character is that token.
+  """
+  ro = sample(params, prompt_ids, config=config, rng=jax.random.key(0),
+              max_new_tokens=max_new_tokens, temperature=0.0, logit_processor=processor)
+  texts = decode_completions(tokenizer, np.asarray(ro.tokens), np.asarray(ro.mask))
+  refused = np.asarray([t.strip()[:1] == ex["refuse_token"] for t, ex in zip(texts, examples)])
+  should = np.asarray([ex["refuse"] for ex in examples])
+  score = np.asarray([refusal_reward(t, ex) for t, ex in zip(texts, examples)])
+  rate = lambda sel: float(refused[sel].mean()) if sel.any() else 0.0
+  return {"refusal_rate_unanswerable": rate(should), "refusal_rate_answerable": rate(~should),
+          "score": float(score.mean()),
+          "answer_accuracy": float(score[~should].mean()) if (~should).any() else 0.0}
+
+
+def train_refusal(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """SFT with category tokens, then the inference-time threshold sweep (module docstring)."""
+  start = time.time()
+  if cfg.rl.objective != "refusal_tokens":
+    raise ValueError(f"train_refusal: rl.objective must be 'refusal_tokens', got "
+                     f"{cfg.rl.objective!r}")
+  from tokenrl.methods import get_method  # pylint: disable=g-import-not-at-top
+  sec = cfg.rl.refusal_tokens
+  get_method("refusal_tokens").validate(sec, {})
+  os.makedirs(workdir, exist_ok=True)
+  run = build_run(cfg)
+  tok, model = run.tokenizer, run.model
+  kw = dict(tiers=cfg.data.tiers or "add:1-2,sub:1-2", refusal_fraction=sec.refusal_fraction,
+            refuse_token=sec.refuse_token, respond_token=sec.respond_token,
+            kinds=tuple(k for k in sec.kinds.split(",") if k))
+  train = make_refusal_examples("train", cfg.data.train_size, cfg.seed, **kw)
+  test = make_refusal_examples("test", cfg.data.eval_size, cfg.seed, **kw)
+  for ex in train + test:
+    ex["refuse_token"] = sec.refuse_token
+  refuse_id, respond_id = token_id(tok, sec.refuse_token), token_id(tok, sec.respond_token)
+
+  tx = optax.chain(optax.clip_by_global_norm(1.0),
+                   optax.adamw(cfg.train.sft_learning_rate, weight_decay=0.0))
+  step = steps_lib.make_sft_step(tx, config=model, micro_batch_size=cfg.train.micro_batch_size)
+  state = steps_lib.create_state(run.params, tx)
+  rng = np.random.default_rng(cfg.seed)
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as log:
+    for s in range(cfg.train.sft_steps):
+      ex = [train[i] for i in rng.integers(len(train), size=cfg.train.sft_batch_size)]
+      state, m = step(state, batches_lib.sft_batch(encode_prompts(cfg, tok, ex), ex, tok))
+      log.write(json.dumps({"phase": "sft", "step": s, **{k: float(v) for k, v in m.items()}}) + "\n")
+
+  prompt_ids = encode_prompts(cfg, tok, test)
+  T = cfg.sampler.max_new_tokens
+  ev = lambda proc: refusal_eval(state.params, config=model, tokenizer=tok, examples=test,
+                                 prompt_ids=prompt_ids, processor=proc, max_new_tokens=T)
+  proc = lambda t, b=0.0: RefusalProcessor(refuse_id, respond_id, threshold=float(t),
+                                           softmax_temperature=sec.softmax_temperature,
+                                           logit_bias=float(b))
+  sweep = {str(float(t)): ev(proc(t)) for t in sec.eval_thresholds}
+  summary = {"objective": "refusal_tokens", "refuse_id": refuse_id, "respond_id": respond_id,
+             "unforced": ev(None), "configured": ev(proc(sec.threshold, sec.logit_bias)),
+             "threshold_sweep": sweep, "sft_steps": cfg.train.sft_steps,
+             "skipped_updates": int(state.skipped), "wall_seconds": time.time() - start}
+  summary["final_score"] = summary["configured"]["score"]
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  return summary
