@@ -187,3 +187,14 @@ def test_sft_only_run_plans_with_a_long_warmup():
   cfg.train.max_steps = 0
   cfg.optimizer.warmup_steps = 20
   assert plan(cfg, 1).peak_bytes > 0
+
+
+def test_frozen_auxiliary_models_are_planned():
+  # RTO keeps pi_dpo and pi_ref frozen on device: two more copies of the params.
+  base = plan(_tiny(), 1)
+  cfg = _tiny()
+  cfg.rl.objective = "rto"
+  cfg.rl.rto.dpo_workdir = "/runs/dpo"  # planning reads no weights
+  rto = plan(cfg, 1)
+  params = _row(base, "params")
+  assert rto.persistent_bytes - base.persistent_bytes == 2 * params

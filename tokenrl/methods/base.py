@@ -260,6 +260,12 @@ class Method:
     return loss_denominator(batch["mask"], lctx.loss_options["loss_agg_mode"],
                             loss_scale_factor=lctx.loss_options["loss_scale_factor"])
 
+  def frozen_models(self, section: Any) -> dict[str, float]:
+    """Frozen model copies the method keeps on device, in units of the policy's params
+    (e.g. {'DPO reference': 1}); `tokenrl plan` adds them to the persistent memory."""
+    del section
+    return {}
+
   def needs_old_logp(self, opts: dict[str, Any]) -> bool:
     """Whether the step needs old_logp computed before the update (default: μ > 1)."""
     del opts

@@ -88,6 +88,10 @@ class Rto(ValueMethod):
   metrics = ("value_loss", "value_mean", "explained_variance", "vf_clipfrac", "dpo_reward",
              "kl_reward")
 
+  def frozen_models(self, section):
+    del section
+    return {"DPO model (pi_dpo)": 1.0, "reference (pi_ref)": 1.0}
+
   def config(self):
     c = ml_collections.ConfigDict()
     c.dpo_workdir = ""            # tokenrl workdir of the frozen DPO model (latest checkpoint)

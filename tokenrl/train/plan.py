@@ -11,7 +11,8 @@ No parameter is ever allocated, so planning an 8B model takes about a second on 
 
 Per device (mesh sizes d = data, f = fsdp, t = tensor; b = d·f batch-split devices):
 
-  persistent   params + optimizer state (+ a frozen KL reference copy of the params if rl.beta>0)
+  persistent   params + optimizer state (+ a frozen KL reference copy of the params if rl.beta>0,
+               + the objective's frozen auxiliary models: Method.frozen_models)
   rollout      KV cache + decode-layout params (fsdp dropped, only if f > 1) + prefill activations
   train step   gradients (×2 with micro-batching: accumulator + current) + activations
 
@@ -442,6 +443,12 @@ def _estimate(cfg: ml_collections.ConfigDict, devices: Devices):
   ]
   if ref_b:
     rows.append(("persistent", "KL reference params", ref_b, f"rl.beta={beta:g} > 0"))
+  from tokenrl.methods import get_method  # pylint: disable=g-import-not-at-top
+  method = get_method(opts["objective"])
+  section = cfg.rl[method.name] if method.name in cfg.rl else None
+  for name, copies in method.frozen_models(section).items():
+    rows.append(("persistent", f"frozen {name}", int(params_b * copies),
+                 f"rl.objective={method.name}: {copies:g} x params"))
   rows += [
       ("rollout", "KV cache", kv_b, f"N={N} rows (B={B} x G={G}), C={C} (P={P} + T={T})"),
       ("rollout", "decode params", decode_b, decode_note),
@@ -453,7 +460,8 @@ def _estimate(cfg: ml_collections.ConfigDict, devices: Devices):
        f"micro_batch={m} of {n_mb}"),
   ]
   info = dict(config=mc, mesh=(d, f, t), P=P, T=T, n_mb=n_mb, m=m, opts=opts, b=b, N=N, G=G)
-  return (rows, params_b + opt_b + ref_b, kv_b + decode_b + prefill_b, grads_b + act_b,
+  persistent = sum(r[2] for r in rows if r[0] == "persistent")
+  return (rows, persistent, kv_b + decode_b + prefill_b, grads_b + act_b,
           tuple(problems), info)
 
 
@@ -540,7 +548,7 @@ def plan(cfg: ml_collections.ConfigDict, devices: int | str | None = None, *,
                           f"- alias {_gib(compiled['alias'])} + temp {_gib(compiled['temp'])} "
                           f"GiB; replaces the estimate")]
     # The step's arguments hold params + optimizer state; the KL reference lives outside it.
-    ref = sum(r[2] for r in rows if r[1] == "KL reference params")
+    ref = sum(r[2] for r in rows if r[1] == "KL reference params" or r[1].startswith("frozen "))
     train_peak = compiled["total"] + ref
   peak = max(persistent + rollout, train_peak)
   result = Plan(devices=dev, mesh=info["mesh"], rows=tuple(rows), persistent_bytes=persistent,
