@@ -8,8 +8,9 @@ Protocol (identical for every objective):
 * Per seed, one SFT warm-up of configs/quickstart.py (400 steps, the same params for every
   objective of that seed), written once to WORK/sft_seed<k>; each objective's run starts from it
   (`model.init_workdir`).
-* Then `--steps` RL steps with the quickstart's RL settings (32 prompts x 8 samples, AdamW 5e-4
-  cosine, T = 6 new tokens); the objective's own preset and section defaults, nothing tuned.
+* Then `--steps` RL steps (default 100) with the quickstart's RL settings except the batch
+  (`--batch_size` prompts, default 16, x 8 samples; AdamW 5e-4 cosine, T = 6 new tokens); the
+  objective's own preset and section defaults, nothing tuned.
 * Held-out greedy accuracy on the same 256 problems every `steps/4` steps; "steps to target" is
   the first evaluation step whose accuracy >= --target (absolute), "-" if never.
 * tokens/s = completion tokens generated / wall seconds of the RL steps (rollout + update +
@@ -53,7 +54,8 @@ def all_objectives() -> list[str]:
   return [n for n in OBJECTIVES if n not in rl] + rl
 
 
-def run_one(name: str, seed: int, steps: int, sft_dir: str, workdir: str, eval_size: int) -> dict:
+def run_one(name: str, seed: int, steps: int, sft_dir: str, workdir: str, eval_size: int,
+            batch_size: int, learning_rate: float) -> dict:
   from tokenrl.methods import get_method
   from tokenrl.train.metrics import read_metrics
   from tokenrl.train.rl_loop import train
@@ -67,6 +69,8 @@ def run_one(name: str, seed: int, steps: int, sft_dir: str, workdir: str, eval_s
   cfg.train.eval_num_samples = 0
   cfg.train.checkpoint_every = 0
   cfg.data.eval_size = eval_size
+  cfg.data.batch_size = batch_size
+  cfg.optimizer.learning_rate = learning_rate
   cfg.optimizer.warmup_steps = min(cfg.optimizer.warmup_steps, max(1, steps // 10))
   method = get_method(name)
   task = cfg.data.task
@@ -152,8 +156,10 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--methods", default="", help="comma list (default: every RL objective)")
   parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--steps", type=int, default=80, help="RL steps per run (same for all)")
+  parser.add_argument("--steps", type=int, default=100, help="RL steps per run (same for all)")
   parser.add_argument("--eval_size", type=int, default=256)
+  parser.add_argument("--batch_size", type=int, default=16, help="prompts per RL step (x8 samples)")
+  parser.add_argument("--learning_rate", type=float, default=5e-4, help="RL peak learning rate")
   parser.add_argument("--target", type=float, default=0.40, help="accuracy for 'steps to'")
   parser.add_argument("--quick", action="store_true", help="2 seeds x 40 steps, 4 objectives")
   parser.add_argument("--work", default="/tmp/tokenrl_objectives")
@@ -172,7 +178,8 @@ def main() -> None:
     for name in names:
       wd = os.path.join(args.work, f"{name}_seed{seed}_{int(time.time())}")
       try:
-        r = run_one(name, seed, args.steps, sft, wd, args.eval_size)
+        r = run_one(name, seed, args.steps, sft, wd, args.eval_size, args.batch_size,
+                    args.learning_rate)
       except Exception as e:  # a broken objective is reported, the table still comes out
         print(f"!! {name} seed {seed} failed: {type(e).__name__}: {e}", flush=True)
         continue
@@ -182,6 +189,8 @@ def main() -> None:
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                           text=True).stdout.strip()
   meta = {"date": datetime.date.today().isoformat(), "commit": commit,
+          "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+          "load_average_end": os.getloadavg(),
           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "seeds": seeds,
           "steps": args.steps, "eval_size": args.eval_size, "target": args.target,
           "total_seconds": time.time() - start}
