@@ -26,13 +26,12 @@ completion right-padded to T) and mask int32 [N,2,T] (1 on completion tokens inc
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from tokenrl.data.jsonl import _check_messages
+from tokenrl.data.jsonl import _check_messages, iter_json_objects
 from tokenrl.data.prompts import bucket_length, tokenize_prompts
 
 # Completion lengths are bucketed to powers of two from 8 (few compiled shapes, little padding).
@@ -76,25 +75,12 @@ def read_preference_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     FileNotFoundError: no such file.
     ValueError: '<path>:<line>: ...' for malformed JSON or an invalid pair (`check_pair`).
   """
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"read_preference_jsonl: {path!r} does not exist")
   out = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f"{path}:{lineno}"
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-      if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-      check_pair(obj, where)
-      if "answer" in obj and not isinstance(obj["answer"], str):
-        obj["answer"] = str(obj["answer"])
-      out.append(obj)
+  for where, obj in iter_json_objects(path, "read_preference_jsonl"):
+    check_pair(obj, where)
+    if "answer" in obj and not isinstance(obj["answer"], str):
+      obj["answer"] = str(obj["answer"])
+    out.append(obj)
   return out
 
 
