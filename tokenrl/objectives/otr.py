@@ -73,7 +73,6 @@ def otr_token_loss(logits: jax.Array, targets: jax.Array, candidates: jax.Array 
   z = logits.astype(jnp.float32)
   lse = jax.nn.logsumexp(z, axis=-1)                                              # [N,T]
   y = targets.astype(jnp.int32)
-  lp_y = jnp.take_along_axis(z, y[..., None], axis=-1)[..., 0] - lse             # log π(y) [N,T]
   if estimator == "exact":
     if not temperature > 0:
       raise ValueError(f"temperature: expected > 0, got {temperature!r}")

@@ -53,7 +53,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import re
 from typing import Any, Sequence
