@@ -11,6 +11,8 @@
 #   env      nvidia-smi, python/jax/jaxlib versions, jax.devices(), package versions.
 #   tests    pytest tests/kernels -m gpu (the TestOnAccelerator classes), JAX_PLATFORMS=cuda.
 #   kernels  benchmarks/kernels.py --quick (kernel vs XLA, achieved vs copy bandwidth).
+#   tokenselect  benchmarks/tokenselect.py (TokenSelect vs full decode attention and decode
+#            tokens/s at 128k/64k/32k context, vs the memory floor; $OUT/tokenselect.json).
 #   model    benchmarks/model_gpu.py (matmul/copy ceilings, train-step MFU, decode vs the memory
 #            floor, sampler tokens/s), given whatever time is left.
 # Output goes to stdout and, when $OUT is set, to $OUT/accelerator.log; the numbers of the model
@@ -135,11 +137,15 @@ main() {
   if [[ $SMOKE == 1 ]]; then
     step tests 90 "$PY" -m pytest tests/kernels -q -m gpu -p no:cacheprovider
     step kernels 150 "$PY" benchmarks/kernels.py --cpu --quick
+    step tokenselect 90 "$PY" benchmarks/tokenselect.py --cpu-smoke --budget-s 60 \
+      --json "$RESULTS/tokenselect.json"
     local cap=$(($(left) - 10))
     step model "$cap" "$PY" benchmarks/model_gpu.py --cpu-smoke --budget-s $((cap - 20)) --json "$MODEL_JSON"
   else
     step tests 90 "$PY" -m pytest tests/kernels -q -m gpu -p no:cacheprovider
     step kernels 120 "$PY" benchmarks/kernels.py --quick
+    step tokenselect 130 "$PY" benchmarks/tokenselect.py --budget-s 100 \
+      --json "$RESULTS/tokenselect.json"
     local cap=$(($(left) - 10))
     step model "$cap" "$PY" benchmarks/model_gpu.py --budget-s $((cap - 30)) --json "$MODEL_JSON"
   fi

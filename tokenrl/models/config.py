@@ -19,6 +19,8 @@ from typing import Any
 
 FAMILIES = ("llama", "qwen2", "qwen3", "gemma3")
 ROPE_TYPES = ("default", "linear", "llama3")
+ATTENTIONS = ("full", "tokenselect")
+GQA_MODES = ("group", "modulo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,48 @@ class RopeConfig:
   def __post_init__(self):
     if self.rope_type not in ROPE_TYPES:
       raise ValueError(f"rope_type must be one of {ROPE_TYPES}, got {self.rope_type!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenSelectConfig:
+  """TokenSelect dynamic token-level KV selection (Wu et al., arXiv 2411.02886), inference only.
+
+  Per layer and step, each query head h scores every candidate slot j by s_hj = <q̄_h, k_j>
+  (q̄ = mean query of the chunk), normalises over candidates (softmax_j), and the heads vote
+  V_j = Σ_h softmax_j(s_h)_j; attention then runs over the n_init first tokens, the top_k
+  most-voted candidates and the n_local last tokens. Defaults are the reference's (Qwen2/Llama-3).
+
+  top_k: selected candidates per step. n_init / n_local: always-kept initial / local windows.
+  chunk_size: prefill chunk (queries per selection). threshold: Selection Cache θ; the last
+  selection is reused while cos(q̄, anchor) >= θ (q̄ taken before RoPE). cache: enable it.
+  gqa: 'group' (query head h uses KV head h // G) or 'modulo' (h % K, the reference kernel).
+  impl: kernel implementation ('auto' = Pallas on GPU, jnp elsewhere; 'pallas' | 'jnp').
+  """
+
+  top_k: int = 2048
+  n_init: int = 128
+  n_local: int = 512
+  chunk_size: int = 512
+  threshold: float = 0.9
+  cache: bool = True
+  gqa: str = "group"
+  impl: str = "auto"
+
+  def __post_init__(self):
+    for name in ("top_k", "n_local", "chunk_size"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"tokenselect.{name} must be >= 1, got {getattr(self, name)}")
+    if self.n_init < 0:
+      raise ValueError(f"tokenselect.n_init must be >= 0, got {self.n_init}")
+    if self.gqa not in GQA_MODES:
+      raise ValueError(f"tokenselect.gqa must be one of {GQA_MODES}, got {self.gqa!r}")
+    if self.impl not in ("auto", "pallas", "jnp"):
+      raise ValueError(f"tokenselect.impl must be 'auto', 'pallas' or 'jnp', got {self.impl!r}")
+
+  @property
+  def k_total(self) -> int:
+    """Selected slots per step: n_init + top_k + n_local."""
+    return self.n_init + self.top_k + self.n_local
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +115,9 @@ class ModelConfig:
   pad_id: int = 0
   bos_id: int | None = None
   eos_ids: tuple[int, ...] = ()
+  # KV-cache attention of prefill and decode: 'full' or 'tokenselect' (training is always full).
+  attention: str = "full"
+  tokenselect: TokenSelectConfig = TokenSelectConfig()
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -83,6 +130,10 @@ class ModelConfig:
           f"local_layers has {len(self.local_layers)} entries, expected num_layers={self.num_layers}")
     if any(self.local_layers) and self.sliding_window <= 0:
       raise ValueError("local_layers marks sliding-window layers but sliding_window <= 0")
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+    if self.attention == "tokenselect" and any(self.local_layers):
+      raise ValueError("attention='tokenselect' does not support sliding-window (local) layers")
 
   # Family traits, derived so that a config cannot contradict its family.
   @property

@@ -19,6 +19,11 @@ linear in L) and read each layer's cache in place: under the scan, XLA:CPU copie
 dynamic slice cache[l] ([N,C,K,H], transposed for the batched matmul) before every attention;
 and keys [H,C] make QKᵀ a plain matmul (XLA:CPU runs [G,H]x[C,H]ᵀ ~3x slower). The sampler
 uses it on CPU; the logits are the same up to float summation order.
+
+With `config.attention == 'tokenselect'` the (stacked) cache also holds the Selection Cache
+state under "ts" (see tokenrl.models.tokenselect); forward with a cache then attends each layer
+to the TokenSelect selection, and runs prompts longer than `tokenselect.chunk_size` in chunks.
+Without a cache (training) attention is always full.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ except ImportError:  # pragma: no cover
   from jax._src.core import Tracer
 
 from tokenrl.models import layers as L
+from tokenrl.models import tokenselect as TS
 from tokenrl.models.config import ModelConfig
 
 Params = dict[str, Any]
@@ -125,7 +131,8 @@ def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any = jnp.fl
 
   per_layer=False: k, v [L,N,C,K,H] (one stacked array each, read inside the layer scan).
   per_layer=True: k a tuple of L arrays [N,K,H,C], v a tuple of L arrays [N,K,C,H] (the decode
-  layout, see the module docstring).
+  layout, see the module docstring). attention='tokenselect' adds the Selection Cache state
+  "ts" (stacked layout only).
   """
   n_kv, h = config.num_kv_heads, config.head_dim
   if per_layer:
@@ -134,8 +141,13 @@ def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any = jnp.fl
   else:
     shape = (config.num_layers, batch, length, n_kv, h)
     k, v = jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
-  return {"k": k, "v": v, "pos": jnp.full((batch, length), -1, jnp.int32),
-          "index": jnp.zeros((), jnp.int32)}
+  cache = {"k": k, "v": v, "pos": jnp.full((batch, length), -1, jnp.int32),
+           "index": jnp.zeros((), jnp.int32)}
+  if config.attention == "tokenselect":
+    if per_layer:
+      raise ValueError("attention='tokenselect' needs the stacked cache (per_layer=False)")
+    cache["ts"] = TS.init_state(config, batch)
+  return cache
 
 
 def _is_per_layer(cache: Cache | None) -> bool:
@@ -286,6 +298,13 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
   c = config
   n, s = tokens.shape
   per_layer = _is_per_layer(cache)
+  use_ts = (c.attention == "tokenselect" and cache is not None
+            and not TS.always_full(c, cache["pos"].shape[1]))
+  if use_ts and per_layer:
+    raise ValueError("attention='tokenselect' needs the stacked cache (init_cache per_layer=False)")
+  if use_ts and s > c.tokenselect.chunk_size:
+    return _forward_chunked(params, tokens, config=c, positions=positions,
+                            segment_ids=segment_ids, cache=cache, return_hidden=return_hidden)
   if isinstance(params["layers"], (tuple, list)) and not per_layer:
     raise ValueError("params['layers'] is split per layer (split_layers); forward needs the "
                      "stacked layers unless the cache is per_layer")
@@ -336,7 +355,7 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
 
   def layer_fn(carry, xs):
     x, cache_k, cache_v = carry
-    p, window, layer_idx = xs
+    p, window, layer_idx, ts_state = xs
     is_local = window > 0
     h = norm(x, p["attn_norm"])
     q, k, v = _dense(h, p["q"]), _dense(h, p["k"]), _dense(h, p["v"])  # [N,S,Q|K,H]
@@ -346,6 +365,7 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
       q, k = norm(q, p["q_norm"]), norm(k, p["k_norm"])
     cos = jnp.where(is_local, cos_l, cos_g)
     sin = jnp.where(is_local, sin_l, sin_g)
+    q_pre = q
     q, k = L.apply_rope(q, cos, sin), L.apply_rope(k, cos, sin)
     layer_mask = mask & ((window == 0) | (distance < window))
     if per_layer:  # this layer's own buffers: k_t [N,K,H,C], v [N,K,C,H], updated in place
@@ -362,8 +382,13 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
         cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
         k = jax.lax.dynamic_index_in_dim(cache_k, layer_idx, 0, keepdims=False)
         v = jax.lax.dynamic_index_in_dim(cache_v, layer_idx, 0, keepdims=False)
-      attn = L.attention(q, k.astype(q.dtype), v.astype(q.dtype), layer_mask, scale=c.attn_scale,
-                         softcap=c.attn_logit_softcap)
+      if use_ts:  # attend to the TokenSelect selection (global layers only, see ModelConfig)
+        # The stacked cache and the layer index: the kernels read the layer in place.
+        attn, ts_state = TS.attend(q, q_pre, positions, valid, cache_k, cache_v, kpos,
+                                   write_at + s, ts_state, config=c, layer=layer_idx)
+      else:
+        attn = L.attention(q, k.astype(q.dtype), v.astype(q.dtype), layer_mask,
+                           scale=c.attn_scale, softcap=c.attn_logit_softcap)
     attn = _dense(attn, p["o"], contract=2)
     if c.post_norms:
       attn = norm(attn, p["post_attn_norm"])
@@ -372,7 +397,7 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
     h = _gated_mlp(h, p["gate"], p["up"], p["down"], activation=c.activation)
     if c.post_norms:
       h = norm(h, p["post_mlp_norm"])
-    return (x + h, cache_k, cache_v), None
+    return (x + h, cache_k, cache_v), ts_state
 
   if remat:
     layer_fn = jax.checkpoint(layer_fn)
@@ -389,21 +414,62 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
     for l in range(c.num_layers):
       p = layers[l] if isinstance(layers, (tuple, list)) else jax.tree.map(lambda w: w[l], layers)
       (x, cache_k[l], cache_v[l]), _ = layer_fn((x, cache_k[l], cache_v[l]),
-                                                (p, c.layer_windows[l], l))
+                                                (p, c.layer_windows[l], l, None))
     cache_k, cache_v = tuple(cache_k), tuple(cache_v)
   else:
     windows = jnp.asarray(c.layer_windows, jnp.int32)
     carry = (x, None, None) if cache is None else (x, cache["k"], cache["v"])
-    xs = (params["layers"], windows, jnp.arange(c.num_layers, dtype=jnp.int32))
-    (x, cache_k, cache_v), _ = jax.lax.scan(layer_fn, carry, xs)
+    ts_xs = cache["ts"] if use_ts else None
+    xs = (params["layers"], windows, jnp.arange(c.num_layers, dtype=jnp.int32), ts_xs)
+    (x, cache_k, cache_v), ts_new = jax.lax.scan(layer_fn, carry, xs)
 
   new_cache = None
   if cache is not None:
     new_cache = {"k": cache_k, "v": cache_v, "pos": kpos, "index": cache["index"] + s}
+    if "ts" in cache:
+      new_cache["ts"] = ts_new if use_ts else cache["ts"]
   hidden = norm(x, params["final_norm"])
   if return_hidden:
     return hidden, new_cache
   return unembed(params, hidden, config=c), new_cache
+
+
+def _forward_chunked(params: Params, tokens: jax.Array, *, config: ModelConfig,
+                     positions: jax.Array | None, segment_ids: jax.Array | None, cache: Cache,
+                     return_hidden: bool) -> tuple[jax.Array, Cache]:
+  """TokenSelect chunked prefill: `forward` on consecutive chunks of tokens [N,S].
+
+  The S % chunk_size leading tokens run first, then the full chunks under one lax.scan (two
+  traces of the model, whatever S). Each chunk writes its K/V, selects with its mean query and
+  attends causally to [init ∪ top-k ∪ local] (reference §2.5). Outputs are concatenated on S.
+  """
+  n, s = tokens.shape
+  chunk = config.tokenselect.chunk_size
+  if segment_ids is None:
+    segment_ids = jnp.ones((n, s), jnp.int32)
+  valid = segment_ids != 0
+  if positions is None:
+    start = jnp.max(cache["pos"], axis=1) + 1
+    positions = jnp.where(valid, start[:, None] + jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
+  positions = positions.astype(jnp.int32)
+  run = lambda cache, tok, pos, seg: forward(params, tok, config=config, positions=pos,
+                                             segment_ids=seg, cache=cache,
+                                             return_hidden=return_hidden)
+  r = s % chunk
+  outs = []
+  if r:
+    out, cache = run(cache, tokens[:, :r], positions[:, :r], segment_ids[:, :r])
+    outs.append(out)
+  nc = (s - r) // chunk
+  split = lambda a: jnp.swapaxes(a[:, r:].reshape(n, nc, chunk), 0, 1)  # [nc,N,chunk]
+
+  def body(cache, xs):
+    out, cache = run(cache, *xs)
+    return cache, out
+
+  cache, out = jax.lax.scan(body, cache, (split(tokens), split(positions), split(segment_ids)))
+  outs.append(jnp.swapaxes(out, 0, 1).reshape(n, s - r, *out.shape[3:]))
+  return jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0], cache
 
 
 def unembed(params: Params, hidden: jax.Array, *, config: ModelConfig) -> jax.Array:

@@ -32,11 +32,15 @@ class DecodeContext:
   step   int32 []     index (0-based) of the completion token being chosen.
   tokens int32 [N,T]  completion tokens chosen so far (pad_id beyond `step`).
   done   bool  [N]    rows that already emitted a stop token.
+  aux    pytree       `sample(..., processor_state=...)`: traced values the processor reads
+                      (e.g. statistics that change every RL step), so changing them does not
+                      recompile the decode loop; None when not given.
   """
 
   step: jax.Array
   tokens: jax.Array
   done: jax.Array
+  aux: Any = None
 
 
 # (logits f32 [N,V] after temperature, context) -> logits f32 [N,V]. Must be a pure, hashable
@@ -99,7 +103,8 @@ def sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Array, ma
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
            stop_tokens: Sequence[int] | None = None, logit_processor: LogitProcessor | None = None,
            cache_dtype: Any = None,
-           prompt_sharding: jax.sharding.NamedSharding | None = None) -> Rollout:
+           prompt_sharding: jax.sharding.NamedSharding | None = None,
+           processor_state: Any = None) -> Rollout:
   """Sample `num_samples` completions per prompt.
 
   Args:
@@ -114,6 +119,8 @@ def sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Array, ma
     num_samples: G, completions per prompt; rows g·B..: groups are contiguous (row b·G + g).
     stop_tokens: ids that end a completion (default config.eos_ids); included in the mask.
     logit_processor: optional pure function (logits [N,V], DecodeContext) -> logits.
+    processor_state: optional pytree of arrays handed to the processor as DecodeContext.aux
+      (traced: new values reuse the compiled decode loop; the processor itself is static).
     cache_dtype: KV cache dtype (default: the embedding dtype).
     prompt_sharding: sharding of the [N,P] prompt rows on a mesh, e.g.
       `tokenrl.train.mesh.batch_sharding(mesh)` (N must divide evenly); the KV cache and the
@@ -145,11 +152,16 @@ def sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Array, ma
   stops = tuple(int(t) for t in (config.eos_ids if stop_tokens is None else stop_tokens))
   dtype = jnp.dtype(cache_dtype) if cache_dtype is not None else params["embed"].dtype
   temp = np.asarray(temperature, np.float32)
+  aux = jax.tree.map(lambda x: np.asarray(x), processor_state)
   if prompt_sharding is None:
     tokens, mask, temp = jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(temp)
+    aux = jax.tree.map(jnp.asarray, aux)
   else:
     tokens, mask, rng, temp = _place(prompt_sharding, tokens, mask, rng, temp)
-  return _generate(params, tokens, mask, rng, temp, config=config,
+    rep_sharding = jax.sharding.NamedSharding(prompt_sharding.mesh, jax.sharding.PartitionSpec())
+    aux = jax.tree.map(
+        lambda x: jax.make_array_from_callback(x.shape, rep_sharding, lambda idx: x[idx]), aux)
+  return _generate(params, tokens, mask, rng, temp, aux, config=config,
                    max_new_tokens=max_new_tokens, top_k=int(top_k), top_p=float(top_p),
                    stop_tokens=stops, logit_processor=logit_processor, cache_dtype=dtype)
 
@@ -178,7 +190,7 @@ def _place(sharding: jax.sharding.NamedSharding, tokens: np.ndarray, mask: np.nd
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "top_k", "top_p",
                                              "stop_tokens", "logit_processor", "cache_dtype"))
-def _generate(params, prompt_tokens, prompt_mask, rng, temperature, *, config, max_new_tokens,
+def _generate(params, prompt_tokens, prompt_mask, rng, temperature, aux, *, config, max_new_tokens,
               top_k, top_p, stop_tokens, logit_processor, cache_dtype) -> Rollout:
   n, p = prompt_tokens.shape
   steps = max_new_tokens
@@ -187,7 +199,8 @@ def _generate(params, prompt_tokens, prompt_mask, rng, temperature, *, config, m
   # unrolled) and weights split once before the loop avoid both: 1.2-1.3x decode tokens/s on
   # 2 CPU cores (benchmarks/sampler.py model, N=64/256), for ~+1 s compile at L=4 and ~+10 s
   # at L=24. GPU/TPU keep the stacked layout under the scan (compile time flat in depth).
-  per_layer = jax.default_backend() == "cpu"
+  # TokenSelect gathers rows of the stacked [N,C,K,H] layer cache: it keeps the stacked layout.
+  per_layer = jax.default_backend() == "cpu" and config.attention == "full"
   cache = transformer.init_cache(config, n, p + steps, cache_dtype, per_layer=per_layer)
   if per_layer:
     params = transformer.split_layers(params)
@@ -204,7 +217,7 @@ def _generate(params, prompt_tokens, prompt_mask, rng, temperature, *, config, m
     t = state.step
     scaled = logits.astype(jnp.float32) / jnp.where(greedy, 1.0, temperature)
     if logit_processor is not None:
-      scaled = logit_processor(scaled, DecodeContext(t, state.tokens, state.done))
+      scaled = logit_processor(scaled, DecodeContext(t, state.tokens, state.done, aux))
     keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(row_keys)
     token, logp, ent = choose_tokens(scaled, keys, greedy=greedy, top_k=top_k, top_p=top_p)
     live = ~state.done
