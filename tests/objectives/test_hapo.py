@@ -128,6 +128,20 @@ def test_sampler_logprobs_are_those_of_the_tempered_distribution():
   assert np.all(np.abs(np.concatenate(temps_seen) - 0.8) > 1e-3)
 
 
+def test_statistics_as_traced_sampler_state_equal_the_static_fields():
+  # The method passes the statistics as processor_state (no recompilation per RL step); the
+  # sampled tokens and log-probs equal those of a processor holding them as fields.
+  prompts = [[5, 6, 7], [8, 9]]
+  fields = hapo.AdaptiveTemperature(center=0.5, sigma=1.0, scale_pos=0.4, scale_neg=2.0, tau=0.5)
+  static = hapo.AdaptiveTemperature(0.0, 1.0, 1.0, 1.0, tau=0.5)
+  kw = dict(config=CONFIG, rng=jax.random.key(3), max_new_tokens=4, temperature=0.8, stop_tokens=())
+  a = sample(_params(), prompts, logit_processor=fields, **kw)
+  b = sample(_params(), prompts, logit_processor=static,
+             processor_state=np.array([0.5, 1.0, 0.4, 2.0], np.float32), **kw)
+  np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+  np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-6)
+
+
 def test_processor_with_tau_zero_is_identity():
   proc = hapo.AdaptiveTemperature(center=0.0, sigma=1.0, scale_pos=1.0, scale_neg=1.0, tau=0.0)
   logits = jnp.array([[1.0, 2.0, 3.0]])

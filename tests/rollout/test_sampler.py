@@ -1,6 +1,8 @@
 """The sampler: greedy = argmax of the full forward, sampled frequencies = softmax, exact
 top-k/top-p support, per-row independence, masks and log-probs of what was sampled."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,3 +154,27 @@ def test_bad_inputs_are_named():
     sample(PARAMS, [[3], []], config=CONFIG, rng=jax.random.key(0), max_new_tokens=2)
   with pytest.raises(ValueError, match="top_p"):
     sample(PARAMS, [[3]], config=CONFIG, rng=jax.random.key(0), max_new_tokens=2, top_p=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BiasFromState:
+  """Adds the traced bias vector DecodeContext.aux [V] to the logits."""
+
+  def __call__(self, logits, context):
+    return logits + context.aux[None, :]
+
+
+def test_processor_state_is_traced_and_reaches_the_processor():
+  proc = _BiasFromState()
+  before = sampler_lib._generate._cache_size()
+  outs = []
+  for favourite in (3, 11):
+    bias = np.zeros(CONFIG.vocab_size, np.float32)
+    bias[favourite] = 1e4  # the greedy choice becomes `favourite` at every step
+    out = sample(PARAMS, PROMPTS, config=CONFIG, rng=jax.random.key(0), max_new_tokens=3,
+                 temperature=0.0, stop_tokens=(), logit_processor=proc, processor_state=bias)
+    outs.append(np.asarray(out.tokens))
+  np.testing.assert_array_equal(outs[0], 3)
+  np.testing.assert_array_equal(outs[1], 11)
+  # A new state value reused the compiled decode loop: one compile for both calls.
+  assert sampler_lib._generate._cache_size() == before + 1

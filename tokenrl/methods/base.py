@@ -119,7 +119,9 @@ class StepContext:
   state     the method's host state: a JSON-able dict persisted in checkpoints (e.g. HAPO's
             entropy statistics of the previous step, a curriculum); mutate it in place.
   sample    (prompts: B lists of ids, *, num_samples=G, max_new_tokens=T, temperature=opts,
-             logit_processor=None, rng=None, stop_tokens=None) -> tokenrl.types.Rollout
+             logit_processor=None, rng=None, stop_tokens=None, processor_state=None)
+            -> tokenrl.types.Rollout of host numpy arrays (processor_state: traced pytree the
+            processor reads as DecodeContext.aux; changing it does not recompile)
   score     (texts: N str, examples: N dicts) -> RewardResult (rewards [N], per_fn{'task'}, stats)
   logprobs  (tokens [N,P+T], segment_ids [N,P+T], prompt_len, params=None) -> (logp, entropy)
             numpy [N,T] at the run's temperature (params default: the current policy).

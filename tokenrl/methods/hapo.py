@@ -79,9 +79,13 @@ class Hapo(Method):
     adapt = sec.adaptive_temperature and prev is not None and sec.tau_temperature > 0
     proc = None
     if adapt:
-      proc = hapo_lib.AdaptiveTemperature(*(float(x) for x in prev), tau=sec.tau_temperature,
+      # Static processor (same hash every step) + the statistics as traced state: no
+      # recompilation of the decode loop when they change.
+      proc = hapo_lib.AdaptiveTemperature(0.0, 1.0, 1.0, 1.0, tau=sec.tau_temperature,
                                           legacy_sign=sec.legacy_sign)
-    rollout = ctx.sample(ctx.prompt_ids, logit_processor=proc)
+    rollout = ctx.sample(ctx.prompt_ids, logit_processor=proc,
+                         processor_state=None if proc is None else
+                         np.asarray([float(x) for x in prev], np.float32))
     data = rollout_to_data(rollout, ctx=ctx, examples=ctx.examples, num_samples=ctx.G)
     # Old-policy entropies at T₀ (not the tempered sampler entropies): next step's statistics.
     _, ent = ctx.logprobs(data.tokens, data.segment_ids, data.prompt_len)

@@ -99,7 +99,9 @@ class AdaptiveTemperature:
   Receives logits / T₀ `[N,V]` and returns logits / T_t: with H the entropy of softmax(logits/T₀)
   (the current step's logits), ĥ = `apply_entropy_norm(H, stats)` with the *previous* step's
   statistics `stats` = (c, σ_e, s⁺, s⁻), T_t/T₀ = 1 + τ·clip(ĥ, −1, 1). The sampler's log-probs and
-  entropies are then those of the tempered distribution actually sampled from.
+  entropies are then those of the tempered distribution actually sampled from. When the sampler
+  gets `processor_state=stats` (DecodeContext.aux) those traced values are used instead of the
+  fields, so a per-step change of the statistics does not recompile the decode loop.
   """
 
   center: float
@@ -110,10 +112,15 @@ class AdaptiveTemperature:
   legacy_sign: bool = False
 
   def __call__(self, logits: jax.Array, context) -> jax.Array:
-    del context
     logp = jax.nn.log_softmax(logits, axis=-1)
     entropy = -(jnp.exp(logp) * logp).sum(axis=-1)                     # [N]
-    stats = jnp.asarray([self.center, self.sigma, self.scale_pos, self.scale_neg], jnp.float32)
+    aux = getattr(context, "aux", None)
+    if aux is not None:
+      # The statistics as traced sampler state (sample(..., processor_state=stats [4])): a
+      # new step's statistics reuse the compiled decode loop. The fields are then unused.
+      stats = jnp.asarray(aux, jnp.float32)
+    else:
+      stats = jnp.asarray([self.center, self.sigma, self.scale_pos, self.scale_neg], jnp.float32)
     h_hat = apply_entropy_norm(entropy, stats, legacy_sign=self.legacy_sign)
     factor = adaptive_temperature(h_hat, 1.0, self.tau)               # T_t / T₀, [N]
     return logits / factor[:, None]

@@ -91,7 +91,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   sft_steps, rl_steps = cfg.train.sft_steps, cfg.train.max_steps
   total = sft_steps + rl_steps
-  G, T = opts["num_generations"], cfg.sampler.max_new_tokens
+  T = cfg.sampler.max_new_tokens
   sft_tx = sft_optimizer(cfg)
   # With no RL steps (an SFT-only run) the RL optimizer is never used.
   rl_tx = build_optimizer(cfg.optimizer, rl_steps) if rl_steps else sft_tx
@@ -283,7 +283,7 @@ def _rl_step(cfg, opts, loss_options, method, state, shardings, place, rl_it, ru
   decode_cache: dict[str, Any] = {}
 
   def sample_fn(prompts, *, num_samples=G, max_new_tokens=T, temperature=None,
-                logit_processor=None, rng=None, stop_tokens=None):
+                logit_processor=None, rng=None, stop_tokens=None, processor_state=None):
     if "decode" not in decode_cache:
       decode_cache["decode"] = place.decode_params(params)
     return place.sample(
@@ -292,7 +292,7 @@ def _rl_step(cfg, opts, loss_options, method, state, shardings, place, rl_it, ru
         temperature=opts["temperature"] if temperature is None else temperature,
         top_k=cfg.sampler.top_k, top_p=cfg.sampler.top_p, num_samples=num_samples,
         stop_tokens=tuple(tok.eos_token_ids) if stop_tokens is None else stop_tokens,
-        logit_processor=logit_processor)
+        logit_processor=logit_processor, processor_state=processor_state)
 
   def logprobs_fn(tokens, segment_ids, prompt_len, params_=None):
     return fns(prompt_len)[0](params if params_ is None else params_, tokens, segment_ids)
