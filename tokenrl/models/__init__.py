@@ -1,6 +1,6 @@
 """Pure-function decoders (Llama 3, Qwen2/2.5, Qwen3, Gemma 3) with Hugging Face interop."""
 
-from tokenrl.models.config import ModelConfig, RopeConfig
+from tokenrl.models.config import ModelConfig, RopeConfig, TokenSelectConfig
 from tokenrl.models.hf import load_hf, save_hf
 from tokenrl.models.hf_config import config_from_hf, config_to_hf, read_hf_config
 from tokenrl.models.presets import PRESETS, get_preset, tiny
@@ -8,7 +8,7 @@ from tokenrl.models.transformer import (forward, init_cache, init_params, param_
                                         param_shapes, unembed)
 
 __all__ = [
-    "ModelConfig", "RopeConfig", "load_hf", "save_hf", "config_from_hf", "config_to_hf",
+    "ModelConfig", "RopeConfig", "TokenSelectConfig", "load_hf", "save_hf", "config_from_hf", "config_to_hf",
     "read_hf_config", "PRESETS", "get_preset", "tiny", "forward", "init_cache", "init_params",
     "param_logical_axes", "param_shapes", "unembed",
 ]
