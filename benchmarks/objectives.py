@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import glob
 import importlib.util
 import json
 import os
@@ -54,11 +55,10 @@ def all_objectives() -> list[str]:
   return [n for n in OBJECTIVES if n not in rl] + rl
 
 
-def run_one(name: str, seed: int, steps: int, sft_dir: str, workdir: str, eval_size: int,
-            batch_size: int, learning_rate: float) -> dict:
+def bench_config(name: str, seed: int, steps: int, sft_dir: str, eval_size: int,
+                 batch_size: int, learning_rate: float):
+  """The run config of one (objective, seed): identical for every objective but its name."""
   from tokenrl.methods import get_method
-  from tokenrl.train.metrics import read_metrics
-  from tokenrl.train.rl_loop import train
   cfg = quickstart()
   cfg.seed = seed
   cfg.rl.objective = name
@@ -73,23 +73,49 @@ def run_one(name: str, seed: int, steps: int, sft_dir: str, workdir: str, eval_s
   cfg.optimizer.learning_rate = learning_rate
   cfg.optimizer.warmup_steps = min(cfg.optimizer.warmup_steps, max(1, steps // 10))
   method = get_method(name)
-  task = cfg.data.task
   if hasattr(method, "benchmark_overrides"):
     method.benchmark_overrides(cfg)
-  t0 = time.time()
-  summary = train(cfg, workdir)
-  wall = time.time() - t0
+  return cfg
+
+
+def result_from_workdir(workdir: str, base_task: str = "arith") -> dict:
+  """The benchmark record of a finished run directory (summary.json + metrics.jsonl)."""
+  from tokenrl.train.metrics import read_metrics
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  with open(os.path.join(workdir, "config.json")) as f:
+    cfg = json.load(f)
   rl = [r for r in read_metrics(workdir) if r["phase"] == "rl"]
-  n_rows = cfg.data.batch_size * cfg.rl.num_generations
+  n_rows = cfg["data"]["batch_size"] * cfg["rl"]["num_generations"]
   tokens = sum(r["completion_length"] * n_rows for r in rl)
   step_s = sum(r["step_seconds"] for r in rl)
   return {
-      "objective": name, "seed": seed, "task": cfg.data.task, "comparable": cfg.data.task == task,
+      "objective": summary["objective"], "seed": cfg["seed"], "task": cfg["data"]["task"],
+      "comparable": cfg["data"]["task"] == base_task, "workdir": workdir,
       "baseline_accuracy": summary["baseline_accuracy"], "final_accuracy": summary["final_accuracy"],
       "evals": [(e["step"], e["accuracy"]) for e in summary["evals"]],
       "reward_curve": [r["reward"] for r in rl],
-      "tokens_per_second": tokens / max(step_s, 1e-9), "wall_seconds": wall,
+      "tokens_per_second": tokens / max(step_s, 1e-9), "wall_seconds": summary["wall_seconds"],
   }
+
+
+def run_one(name: str, seed: int, steps: int, sft_dir: str, workdir: str, eval_size: int,
+            batch_size: int, learning_rate: float) -> dict:
+  from tokenrl.train.rl_loop import train
+  cfg = bench_config(name, seed, steps, sft_dir, eval_size, batch_size, learning_rate)
+  train(cfg, workdir)
+  return result_from_workdir(workdir)
+
+
+def _matches(workdir: str, cfg) -> bool:
+  """A finished run directory made with exactly `cfg` (so --resume can reuse it)."""
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      saved = json.load(f)
+    return (os.path.exists(os.path.join(workdir, "summary.json"))
+            and saved == json.loads(cfg.to_json_best_effort()))
+  except (OSError, ValueError):
+    return False
 
 
 def sft_warmup(seed: int, workdir: str) -> str:
@@ -162,6 +188,8 @@ def main() -> None:
   parser.add_argument("--learning_rate", type=float, default=5e-4, help="RL peak learning rate")
   parser.add_argument("--target", type=float, default=0.40, help="accuracy for 'steps to'")
   parser.add_argument("--quick", action="store_true", help="2 seeds x 40 steps, 4 objectives")
+  parser.add_argument("--resume", action="store_true",
+                      help="reuse finished runs in --work made with exactly the same config")
   parser.add_argument("--work", default="/tmp/tokenrl_objectives")
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
   args = parser.parse_args()
@@ -176,6 +204,15 @@ def main() -> None:
   for seed in seeds:
     sft = sft_warmup(seed, os.path.join(args.work, f"sft_seed{seed}"))
     for name in names:
+      if args.resume:
+        cfg = bench_config(name, seed, args.steps, sft, args.eval_size, args.batch_size,
+                           args.learning_rate)
+        done = sorted(d for d in glob.glob(os.path.join(args.work, f"{name}_seed{seed}_*"))
+                      if _matches(d, cfg))
+        if done:
+          results.append(result_from_workdir(done[-1]))
+          print(f"{name:14s} seed {seed}: reused {done[-1]}", flush=True)
+          continue
       wd = os.path.join(args.work, f"{name}_seed{seed}_{int(time.time())}")
       try:
         r = run_one(name, seed, args.steps, sft, wd, args.eval_size, args.batch_size,
