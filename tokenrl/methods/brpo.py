@@ -159,6 +159,14 @@ class Brpo(Method):
     cfg.rl.brpo.n_summary = 2
     cfg.rl.brpo.summary_max_tokens = 6
 
+  def benchmark_overrides(self, cfg: ml_collections.ConfigDict) -> None:
+    """benchmarks/objectives.py on the quickstart task: 16 thinking tokens, 4 budgets (the
+    spec's S), 2 summaries of up to 6 tokens: prompt + trace + summary fit max_seq_len 64."""
+    cfg.rl.brpo.max_thinking_tokens = 16
+    cfg.rl.brpo.n_budget_support = 4
+    cfg.rl.brpo.n_summary = 2
+    cfg.rl.brpo.summary_max_tokens = 6
+
   # ---- rollout: traces, truncation, summaries, dense rewards, advantages -------------------
   def rollout(self, ctx: StepContext) -> StepData:
     from tokenrl.data.prompts import decode_completions  # pylint: disable=g-import-not-at-top

@@ -120,6 +120,14 @@ class SoftTokens(Method):
     cfg.rl.soft_tokens.correct_reward = 1.0   # rewards on the tiny run's learning-rate scale
     cfg.rl.soft_tokens.wrong_reward = 0.1
 
+  def benchmark_overrides(self, cfg: ml_collections.ConfigDict) -> None:
+    """benchmarks/objectives.py on the quickstart task: 8 soft CoT steps (the 128 default does
+    not fit max_seq_len 64) and rewards on the other objectives' 0-1 scale (100/10 would be a
+    100x larger step at the same learning rate)."""
+    cfg.rl.soft_tokens.cot_steps = 8
+    cfg.rl.soft_tokens.correct_reward = 1.0
+    cfg.rl.soft_tokens.wrong_reward = 0.1
+
   # ---- host hooks ------------------------------------------------------------------------
   def rollout(self, ctx: StepContext) -> StepData:
     from tokenrl.data.prompts import decode_completions  # pylint: disable=g-import-not-at-top
