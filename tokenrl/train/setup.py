@@ -77,7 +77,10 @@ def build_model(cfg: ml_collections.ConfigDict, tokenizer: Any, rng: jax.Array, 
 
 
 def _init_params(config: Any, rng: jax.Array, dtype: Any, mesh: Any) -> Any:
-  if mesh is None:
+  if mesh is None or mesh.size == 1:
+    # One device: no sharding to honour. Eager init keeps the exact values of the unsharded
+    # library path (jit may round the normal sampling differently in the last f32 bit, which
+    # changes a whole RL trajectory, e.g. the quickstart's documented result).
     return models.init_params(config, rng, dtype=dtype)
   # pylint: disable=g-import-not-at-top
   from tokenrl.train.mesh import param_shardings
