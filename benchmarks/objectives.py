@@ -168,23 +168,35 @@ def table(results: list[dict], target_gain: float) -> str:
 
 
 def plot(results: list[dict], path: str) -> None:
+  """Two panels: training reward per RL step (mean over seeds, moving average of 10) and the
+  held-out greedy accuracy at the evaluation steps (mean over seeds)."""
   from matplotlib.figure import Figure
   import numpy as np
   by = {}
   for r in results:
     by.setdefault(r["objective"], []).append(r)
-  fig = Figure(figsize=(10, 6))
-  ax = fig.subplots()
+  fig = Figure(figsize=(14, 6))
+  ax_r, ax_a = fig.subplots(1, 2)
   for i, (name, rs) in enumerate(by.items()):
+    style = dict(color=f"C{i % 10}", linestyle="-" if i < 10 else "--")
+    n = min(len(r["reward_curve"]) for r in rs)
+    reward = np.mean([r["reward_curve"][:n] for r in rs], axis=0)
+    w = 10
+    if n >= w:
+      ax_r.plot(np.arange(w - 1, n), np.convolve(reward, np.ones(w) / w, mode="valid"),
+                label=name, **style)
     steps = [s for s, _ in rs[0]["evals"]]
     accs = np.array([[a for _, a in r["evals"]] for r in rs if len(r["evals"]) == len(steps)])
-    ax.plot(steps, accs.mean(0), "o-" if i < 10 else "s--", label=name, color=f"C{i % 10}")
-  ax.set_xlabel("RL step")
-  ax.set_ylabel("held-out greedy accuracy (mean over seeds)")
-  ax.grid(alpha=0.3)
-  ax.legend(ncol=3, fontsize=8, loc="lower right")
+    ax_a.plot(steps, accs.mean(0), marker="o" if i < 10 else "s", label=name, **style)
+  ax_r.set_xlabel("RL step")
+  ax_r.set_ylabel("training reward (mean over seeds, moving average of 10)")
+  ax_a.set_xlabel("RL step")
+  ax_a.set_ylabel("held-out greedy accuracy (mean over seeds)")
+  for ax in (ax_r, ax_a):
+    ax.grid(alpha=0.3)
+  ax_a.legend(ncol=3, fontsize=8, loc="lower right")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=90)
 
 
 def main() -> None:
