@@ -28,15 +28,10 @@ from tokenrl.train.steps import TrainState
 _FIELDS = ("mesh.data", "mesh.fsdp", "mesh.tensor")
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh over `devices` (default: every device of every process).
-
-  Sizes are the config's mesh.data / mesh.fsdp / mesh.tensor; one of them may be -1, which
-  takes all remaining devices. The axes are `AxisType.Auto`: shardings are pinned with
-  NamedSharding at jit boundaries and XLA's partitioner propagates them inside.
-  """
-  n = len(jax.devices() if devices is None else devices)
+def mesh_sizes(data: int, fsdp: int, tensor: int, n: int, *,
+               available: str = "there are") -> tuple[int, int, int]:
+  """(data, fsdp, tensor) for n devices; one size may be -1 (the rest). ValueError naming the
+  config fields otherwise. `available` words the device count in the mismatch error."""
   sizes = [data, fsdp, tensor]
   for name, size in zip(_FIELDS, sizes):
     if not isinstance(size, (int, np.integer)) or (size < 1 and size != -1):
@@ -51,10 +46,23 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *,
                        f"do not divide the {n} devices")
     sizes[fill[0]] = n // known
   elif known != n:
-    raise ValueError(f"{'/'.join(_FIELDS)} = {tuple(sizes)} has {known} devices, but there are "
+    raise ValueError(f"{'/'.join(_FIELDS)} = {tuple(sizes)} has {known} devices, but {available} "
                      f"{n}; set one of them to -1 to fill")
+  return int(sizes[0]), int(sizes[1]), int(sizes[2])
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh over `devices` (default: every device of every process).
+
+  Sizes are the config's mesh.data / mesh.fsdp / mesh.tensor; one of them may be -1, which
+  takes all remaining devices. The axes are `AxisType.Auto`: shardings are pinned with
+  NamedSharding at jit boundaries and XLA's partitioner propagates them inside.
+  """
+  n = len(jax.devices() if devices is None else devices)
+  sizes = mesh_sizes(data, fsdp, tensor, n)
   axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-  return jax.make_mesh(tuple(int(s) for s in sizes), MESH_AXES, axis_types=axis_types,
+  return jax.make_mesh(sizes, MESH_AXES, axis_types=axis_types,
                        devices=None if devices is None else list(devices))
 
 

@@ -251,26 +251,10 @@ def resolve_devices(devices: int | str | None, mesh_cfg: Any = None) -> Devices:
 
 
 def resolve_mesh(mesh_cfg: Any, n: int) -> tuple[int, int, int]:
-  """(data, fsdp, tensor) for n devices from cfg.mesh (one field may be -1 = the rest), with the
-  checks of tokenrl.train.mesh.make_mesh."""
-  sizes = [mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor]
-  names = ("mesh.data", "mesh.fsdp", "mesh.tensor")
-  for name, size in zip(names, sizes):
-    if not isinstance(size, (int, np.integer)) or (size < 1 and size != -1):
-      raise ValueError(f"{name} must be a positive int or -1 (fill), got {size!r}")
-  fill = [i for i, s in enumerate(sizes) if s == -1]
-  if len(fill) > 1:
-    raise ValueError(f"only one of mesh.data/fsdp/tensor may be -1, got {tuple(sizes)}")
-  known = int(np.prod([s for s in sizes if s != -1]))
-  if fill:
-    if n % known:
-      raise ValueError(f"mesh {tuple(sizes)}: the fixed sizes (product {known}) do not divide "
-                       f"the {n} devices")
-    sizes[fill[0]] = n // known
-  elif known != n:
-    raise ValueError(f"mesh {tuple(sizes)} has {known} devices, but the plan is for {n}; set "
-                     "one of them to -1 to fill")
-  return int(sizes[0]), int(sizes[1]), int(sizes[2])
+  """(data, fsdp, tensor) for n devices from cfg.mesh (one field may be -1 = the rest)."""
+  from tokenrl.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  return mesh_lib.mesh_sizes(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, n,
+                             available="the plan is for")
 
 
 # ---------------------------------------------------------------------------------------------
