@@ -304,7 +304,8 @@ def train(sz: Sizes, rec: Recorder, kind: str, remat: bool, micro: int) -> None:
   # Imported here: they need ml_collections (a carried wheel on the GPU machine); without it
   # only the train sections fail and decode/sample still run.
   # pylint: disable=g-import-not-at-top
-  from tokenrl.objectives import POLICY_LOSS_OPTIONS, resolve_objective, rl_config
+  from tokenrl.methods.config import resolve_objective, rl_config
+  from tokenrl.objectives import POLICY_LOSS_OPTIONS
   from tokenrl.train import steps as steps_lib
   # pylint: enable=g-import-not-at-top
 

@@ -52,7 +52,7 @@ def quickstart(arg=None):
 
 def all_objectives() -> list[str]:
   from tokenrl.methods import METHODS
-  from tokenrl.objectives.config import OBJECTIVES
+  from tokenrl.objectives.presets import OBJECTIVES
   rl = [n for n, m in sorted(METHODS.items()) if not getattr(m, "pairwise", False)]
   return [n for n in OBJECTIVES if n not in rl] + rl
 

@@ -66,6 +66,7 @@ def worker_tokenrl(args) -> dict:
   import numpy as np
   import optax
   from tokenrl import objectives as obj
+  from tokenrl.methods.config import resolve_objective, rl_config
   from tokenrl.data.hf_tokenizer import HFTokenizer
   from tokenrl.data.prompts import decode_completions, tokenize_prompts
   from tokenrl.models import load_hf
@@ -75,7 +76,7 @@ def worker_tokenrl(args) -> dict:
 
   config, params = load_hf(args.ckpt, dtype=jnp.float32)
   tok = HFTokenizer(args.ckpt)
-  opts = obj.resolve_objective(obj.rl_config())  # objective 'grpo', beta 0
+  opts = resolve_objective(rl_config())  # objective 'grpo', beta 0
   loss_options = {k: opts[k] for k in obj.POLICY_LOSS_OPTIONS}
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(LR, weight_decay=0.0))
   state = steps_lib.create_state(params, tx)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from tokenrl.config import base_config
-from tokenrl.objectives import resolve_objective
+from tokenrl.methods.config import resolve_objective
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from tokenrl.objectives.config import rl_config
+from tokenrl.methods.config import rl_config
 from tokenrl.optim.builder import optimizer_config
 
 

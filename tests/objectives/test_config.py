@@ -7,8 +7,8 @@ import pytest
 from tokenrl.objectives import OBJECTIVES
 from tokenrl.objectives import POLICY_LOSS_OPTIONS
 from tokenrl.objectives import policy_loss
-from tokenrl.objectives import resolve_objective
-from tokenrl.objectives import rl_config
+from tokenrl.methods.config import resolve_objective
+from tokenrl.methods.config import rl_config
 
 
 def test_section_is_locked():

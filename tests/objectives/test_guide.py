@@ -14,7 +14,7 @@ from tokenrl.data.prompts import left_pad
 from tokenrl.methods import METHODS
 from tokenrl.methods.base import StepContext, default_shape
 from tokenrl.objectives import group_relative_advantages, policy_loss
-from tokenrl.objectives.config import rl_config
+from tokenrl.methods.config import rl_config
 from tokenrl.objectives.guide import (failing_groups, guide_policy_loss, masked_quantile,
                                       off_policy_gamma, shape_ratio)
 from tokenrl.types import Rollout
@@ -178,7 +178,7 @@ def fake_ctx(name, policy, *, G=4, T=4, overrides=None, step=0):
   rl.objective = name
   for k, v in (overrides or {}).items():
     rl[name][k] = v
-  from tokenrl.objectives.config import resolve_objective  # pylint: disable=g-import-not-at-top
+  from tokenrl.methods.config import resolve_objective  # pylint: disable=g-import-not-at-top
   rl.num_generations = G
   opts = resolve_objective(rl)
   cfg = ml_collections.ConfigDict({"data": {"chat_template": False}})

@@ -12,8 +12,9 @@ from tokenrl.methods import METHODS
 from tokenrl.methods.base import LossContext, completion_forward
 from tokenrl.methods.ppo import explained_variance, rollout_values
 from tokenrl.models import value_head as vh
+from tokenrl.methods.config import resolve_objective, rl_config
 from tokenrl.objectives import (POLICY_LOSS_OPTIONS, gae_advantages, loss_denominator, policy_loss,
-                                resolve_objective, rl_config, value_loss)
+                                value_loss)
 from tokenrl.objectives.rto import last_token_indicator
 
 CONFIG = models.tiny("qwen2", vocab_size=20, dim=16, num_layers=1, num_heads=2, num_kv_heads=1,

@@ -18,7 +18,8 @@ import numpy as np
 import optax
 
 from tokenrl import models
-from tokenrl.objectives import POLICY_LOSS_OPTIONS, resolve_objective, rl_config
+from tokenrl.methods.config import resolve_objective, rl_config
+from tokenrl.objectives import POLICY_LOSS_OPTIONS
 from tokenrl.rollout.sampler import sample
 from tokenrl.train import mesh as mesh_lib
 from tokenrl.train import sharded

@@ -183,7 +183,7 @@ def test_pair_logprobs_match_rowwise(pair_setup):
 
 
 def test_tgdpo_requires_guidance_workdir():
-  from tokenrl.objectives import resolve_objective
+  from tokenrl.methods.config import resolve_objective
   cfg = smoke_config("tgdpo")
   with pytest.raises(ValueError, match="rl.tgdpo.guidance_workdir"):
     resolve_objective(cfg.rl)

@@ -14,7 +14,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from tokenrl import models
-from tokenrl.objectives import POLICY_LOSS_OPTIONS, resolve_objective, rl_config
+from tokenrl.methods.config import resolve_objective, rl_config
+from tokenrl.objectives import POLICY_LOSS_OPTIONS
 from tokenrl.optim.builder import build_optimizer, optimizer_config
 from tokenrl.rollout.sampler import sample
 from tokenrl.train import mesh as mesh_lib

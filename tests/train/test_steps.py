@@ -6,7 +6,8 @@ import numpy as np
 import optax
 
 from tokenrl import models
-from tokenrl.objectives import POLICY_LOSS_OPTIONS, resolve_objective, rl_config
+from tokenrl.methods.config import resolve_objective, rl_config
+from tokenrl.objectives import POLICY_LOSS_OPTIONS
 from tokenrl.train import steps as steps_lib
 
 CONFIG = models.tiny("qwen2", vocab_size=20, dim=32, num_heads=4, num_kv_heads=2, mlp_dim=48)

@@ -215,7 +215,7 @@ class Method:
 
   Class attributes a subclass sets:
     name      the `rl.objective` value.
-    preset    overrides of the GRPO policy-loss/advantage options (objectives.config._GRPO),
+    preset    overrides of the GRPO policy-loss/advantage options (objectives.presets.GRPO_DEFAULTS),
               e.g. dict(loss_agg_mode="token-mean", clip_ratio_c=3.0).
     paper     one line: title and arXiv id (for the README table and `describe`).
     metrics   names of the metrics this method adds (checked by the integration test).
@@ -225,6 +225,10 @@ class Method:
   preset: dict[str, Any] = {}
   paper: str = ""
   metrics: tuple[str, ...] = ()
+  # The overrides that make `tokenrl train --config configs/quickstart.py` run this method
+  # (flat config keys -> values); the README's "Quickstart overrides" list names exactly these
+  # (tests/methods/test_budgets.py) and the integration test applies them.
+  quickstart_overrides: dict[str, Any] = {}
 
   # ---- configuration ---------------------------------------------------------------------
   def config(self) -> ml_collections.ConfigDict | None:
@@ -234,6 +238,13 @@ class Method:
   def validate(self, section: Any, opts: dict[str, Any]) -> None:
     """Raise ValueError naming `rl.<name>.<field>` on a bad value."""
     del section, opts
+
+  def sequence_budgets(self, bctx: Any) -> list[Any]:
+    """Every sequence this method samples or trains on, as tokenrl.methods.budgets.Budget
+    (checked against model.max_seq_len at start-up by `budgets.check_budgets`; bctx is a
+    budgets.BudgetContext). Default: the plain rollout, prompt bucket + sampler.max_new_tokens."""
+    from tokenrl.methods.budgets import rollout_budget  # pylint: disable=g-import-not-at-top
+    return [rollout_budget(bctx)]
 
   # ---- params ----------------------------------------------------------------------------
   def init_params(self, params: Any, model: ModelConfig, rng: jax.Array) -> Any:

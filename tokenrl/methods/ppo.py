@@ -32,7 +32,7 @@ from tokenrl.methods.base import (LossContext, Method, StepContext, StepData, co
 from tokenrl.methods.registry import register
 from tokenrl.models import value_head as vh
 from tokenrl.models.config import ModelConfig
-from tokenrl.objectives.config import OBJECTIVES
+from tokenrl.objectives.presets import OBJECTIVES
 from tokenrl.objectives.rto import last_token_indicator
 
 # (ModelConfig, P) -> jitted (params, tokens, segment_ids) -> V [N,T]; shared by the methods.

@@ -1,7 +1,8 @@
 """Pure-jnp RL objectives: log-probs, advantages, KL estimators, shaping, policy/value losses.
 
 Every function takes arrays and explicit keyword options (no Module, no config object); the
-registries are plain dicts in the module that defines the functions.
+registries are plain dicts in the module that defines the functions. The objective presets are
+pure data (presets.py); the `rl` config section and `resolve_objective` are in tokenrl.methods.
 """
 
 from tokenrl.objectives.advantages import ADVANTAGE_ESTIMATORS
@@ -9,10 +10,10 @@ from tokenrl.objectives.advantages import gae_advantages
 from tokenrl.objectives.advantages import group_relative_advantages
 from tokenrl.objectives.advantages import masked_whiten
 from tokenrl.objectives.advantages import rloo_advantages
-from tokenrl.objectives.config import OBJECTIVES
-from tokenrl.objectives.config import POLICY_LOSS_OPTIONS
-from tokenrl.objectives.config import resolve_objective
-from tokenrl.objectives.config import rl_config
+# presets before the `policy_loss` function below shadows the submodule name it reads.
+from tokenrl.objectives.presets import GRPO_DEFAULTS
+from tokenrl.objectives.presets import OBJECTIVES
+from tokenrl.objectives.presets import POLICY_LOSS_OPTIONS
 from tokenrl.objectives.kl import KL_ESTIMATORS
 from tokenrl.objectives.kl import kl_penalty
 from tokenrl.objectives.logprobs import token_logprobs

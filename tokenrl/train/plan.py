@@ -337,7 +337,7 @@ def _validate_cfg(cfg: Any) -> None:
 
 def _estimate(cfg: ml_collections.ConfigDict, devices: Devices):
   """(rows, persistent, rollout, train, problems, shape info) of the estimate (no compile)."""
-  from tokenrl.objectives import resolve_objective
+  from tokenrl.methods.config import resolve_objective
   from tokenrl.data.prompts import bucket_length
   from tokenrl.train import mesh as mesh_lib
 

@@ -35,6 +35,7 @@ from tokenrl.data.pipeline import make_dataset
 from tokenrl.data.preference import build_preference_data, completion_sft_batch, preference_batch
 from tokenrl.eval import evaluate
 from tokenrl.methods import get_method
+from tokenrl.methods.config import resolve_objective
 from tokenrl.methods.base import section_dict
 from tokenrl.objectives.dpo import credit_map, token_rewards
 from tokenrl.optim import build_optimizer
@@ -83,7 +84,7 @@ def train_preference(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   start_time = time.time()
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
-  opts = obj.resolve_objective(cfg.rl)
+  opts = resolve_objective(cfg.rl)
   method = get_method(opts["objective"])
   if not getattr(method, "pairwise", False):
     raise ValueError(f"rl.objective={opts['objective']!r} is not a pairwise method; use "

@@ -27,6 +27,7 @@ from tokenrl import objectives as obj
 from tokenrl.data.pipeline import make_dataset
 from tokenrl.data.reward_runner import RewardRunner
 from tokenrl.methods import get_method
+from tokenrl.methods.config import resolve_objective
 from tokenrl.methods.base import StepContext, section_dict
 from tokenrl.eval import evaluate
 from tokenrl.optim import build_optimizer
@@ -68,7 +69,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   start_time = time.time()
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
-  opts = obj.resolve_objective(cfg.rl)
+  opts = resolve_objective(cfg.rl)
   loss_options = {k: opts[k] for k in obj.POLICY_LOSS_OPTIONS}
   method = get_method(opts["objective"])
   trainer = _own_trainer(method)

@@ -130,7 +130,7 @@ def make_pg_step(tx: optax.GradientTransformation, *, config: ModelConfig, promp
 
   batch: tokens/segment_ids [N,P+T]; mask, sampler_logp, token_weights [N,T]; advantages [N] or
   [N,T]; optional old_logp / ref_logp [N,T] and the method's extra arrays (StepData.extra).
-  `loss_options` are the keyword options of `policy_loss` (objectives.config.POLICY_LOSS_OPTIONS);
+  `loss_options` are the keyword options of `policy_loss` (objectives.presets.POLICY_LOSS_OPTIONS);
   `method` defaults to the plain GRPO-family Method, `section` is its config section as a dict,
   `options` the resolved `rl` options (LossContext.options).
   jit=False returns the plain function (for `tokenrl.train.sharded.shard_step`).

@@ -37,7 +37,7 @@ def load_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, Run, Any]:
   params = run.params
   if kind == "rl":
     from tokenrl.methods import get_method  # pylint: disable=g-import-not-at-top
-    from tokenrl.objectives import resolve_objective  # pylint: disable=g-import-not-at-top
+    from tokenrl.methods.config import resolve_objective  # pylint: disable=g-import-not-at-top
     method = get_method(resolve_objective(cfg.rl)["objective"])
     params = method.init_params(params, run.model, jax.random.key(0))  # shapes only
   state, _ = ckpt.restore(steps_lib.create_state(params, tx))

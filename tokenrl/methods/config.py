@@ -1,4 +1,4 @@
-"""The locked `rl` config section, the objective presets, and their resolution to explicit options.
+"""The locked `rl` config section and its resolution to explicit options (presets ∪ set fields).
 
 Fields that an objective preset sets are `placeholder`s (None = "take the objective's value");
 setting one on the command line overrides the preset, so
@@ -7,7 +7,9 @@ turns the section into a flat dict of effective options, whose names are the key
 `policy_loss`, the advantage estimators and the shaping functions, so the train loop passes them
 explicitly. On/off numbers use 0 = off in the config (`clip_ratio_c`, `tis_imp_ratio_cap`,
 `loss_scale_factor`, `cliprange_value`) and None = off in the resolved options, as the loss
-functions take them.
+functions take them. The presets themselves are pure data in tokenrl/objectives/presets.py;
+this module sits in the methods layer because the section holds one sub-section per registered
+method and an objective may name a method.
 """
 
 from typing import Any
@@ -15,53 +17,8 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from tokenrl.objectives import advantages as adv_lib
-from tokenrl.objectives import kl as kl_lib
-from tokenrl.objectives import policy_loss as pl_lib
-
-# GRPO (DeepSeekMath, spec §1.1) as framework defaults have it; every other objective starts here.
-# beta = 0: no KL term and no reference model (TRL's default since DAPO/Dr.GRPO found the KL
-# unnecessary with verifiable rewards; spec §1.2–1.4 all use β = 0). DeepSeekMath used 0.04.
-_GRPO = dict(
-    advantage_estimator="grpo",         # 'grpo' (group-relative) | 'rloo' | 'gae' (needs a value head)
-    scale_rewards="group",              # 'group' | 'batch' | 'none' (TRL name; 'none' = Dr.GRPO)
-    epsilon=0.2,                        # ε_l: ratio clipped below at 1 − ε_l
-    epsilon_high=0.2,                   # ε_h: ratio clipped above at 1 + ε_h (DAPO clip-higher)
-    clip_ratio_c=0.0,                   # dual clip c > 1 for A < 0 (verl name); 0 = off
-    importance_sampling_level="token",  # 'token' | 'sequence' (GSPO, TRL name)
-    loss_agg_mode="seq-mean-token-mean",  # verl name: original GRPO per-sequence normalisation
-    loss_scale_factor=0.0,              # L_norm of 'seq-mean-token-sum-norm'; 0 = padded length T
-    beta=0.0,                           # KL coefficient (see comment above)
-    dynamic_sampling=False,             # DAPO: drop groups whose rewards are all equal, refill
-    overlong_buffer_len=0,              # DAPO soft overlong buffer L_buf in tokens; 0 = off
-)
-
-# Each objective = _GRPO updated with these overrides (spec §1 defaults).
-OBJECTIVES: dict[str, dict[str, Any]] = {
-    "grpo": {},
-    "dapo": dict(epsilon_high=0.28, loss_agg_mode="token-mean", dynamic_sampling=True,
-                 overlong_buffer_len=4096, beta=0.0),
-    "dr_grpo": dict(scale_rewards="none", loss_agg_mode="seq-mean-token-sum-norm", beta=0.0),
-    "gspo": dict(importance_sampling_level="sequence", epsilon=3e-4, epsilon_high=4e-4,
-                 loss_agg_mode="seq-mean-token-mean", beta=0.0),
-    "ppo": dict(advantage_estimator="gae", loss_agg_mode="token-mean", clip_ratio_c=3.0),
-    # REINFORCE with the leave-one-out baseline on sequence log-probs (Ahmadian et al. 2024).
-    "rloo": dict(advantage_estimator="rloo", loss_agg_mode="seq-mean-token-sum"),
-}
-
-# The resolved options that are `policy_loss` keyword arguments, so the train loop can write
-# `policy_loss(..., **{k: opts[k] for k in POLICY_LOSS_OPTIONS})`.
-POLICY_LOSS_OPTIONS = ("epsilon", "epsilon_high", "clip_ratio_c", "importance_sampling_level",
-                       "loss_agg_mode", "loss_scale_factor", "beta", "kl_estimator",
-                       "entropy_coeff", "tis_imp_ratio_cap")
-
-_CHOICES = {
-    "advantage_estimator": tuple(adv_lib.ADVANTAGE_ESTIMATORS),
-    "scale_rewards": adv_lib.SCALE_REWARDS,
-    "importance_sampling_level": pl_lib.IMPORTANCE_SAMPLING_LEVELS,
-    "loss_agg_mode": pl_lib.LOSS_AGG_MODES,
-    "kl_estimator": tuple(kl_lib.KL_ESTIMATORS),
-}
+from tokenrl.methods.registry import METHODS
+from tokenrl.objectives.presets import GRPO_DEFAULTS, OBJECTIVES, OPTION_CHOICES
 
 
 def rl_config() -> ml_collections.ConfigDict:
@@ -108,8 +65,8 @@ def rl_config() -> ml_collections.ConfigDict:
 
 
 def _methods() -> dict[str, Any]:
-  # Imported here: tokenrl.methods imports tokenrl.objectives (this package) at import time.
-  from tokenrl.methods import METHODS  # pylint: disable=g-import-not-at-top
+  """The registered methods. Reading tokenrl.methods.config imports the package tokenrl.methods
+  first, whose __init__ imports every method module, so the registry is complete here."""
   return METHODS
 
 
@@ -132,11 +89,11 @@ def resolve_objective(rl_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   opts: dict[str, Any] = {"objective": rl_cfg.objective}
   method_preset = (OBJECTIVES[rl_cfg.objective] if rl_cfg.objective in OBJECTIVES
                    else methods[rl_cfg.objective].preset)
-  unknown = set(method_preset) - set(_GRPO)
+  unknown = set(method_preset) - set(GRPO_DEFAULTS)
   if unknown:
     raise ValueError(f"preset of rl.objective={rl_cfg.objective!r} sets unknown options "
-                     f"{sorted(unknown)}; known: {sorted(_GRPO)}")
-  preset = {**_GRPO, **method_preset}
+                     f"{sorted(unknown)}; known: {sorted(GRPO_DEFAULTS)}")
+  preset = {**GRPO_DEFAULTS, **method_preset}
   for key, default in preset.items():
     value = rl_cfg[key]
     opts[key] = default if value is None else value
@@ -147,7 +104,7 @@ def resolve_objective(rl_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
               "vf_coef"):
     opts[key] = rl_cfg[key]
 
-  for key, choices in _CHOICES.items():
+  for key, choices in OPTION_CHOICES.items():
     if opts[key] not in choices:
       raise ValueError(f"rl.{key}: expected one of {choices}, got {opts[key]!r}")
   checks = {
