@@ -36,8 +36,12 @@ RL_METHODS = sorted(n for n, m in METHODS.items() if not getattr(m, "pairwise", 
 def test_method_runs_a_few_steps(name, tmp_path):
   method = METHODS[name]
   cfg = smoke_config(name)
-  if hasattr(method, "smoke_overrides"):
-    method.smoke_overrides(cfg)  # e.g. a task with multi-token actions, a longer budget
+  for key, value in method.quickstart_overrides.items():   # the README's quickstart overrides
+    *path, leaf = key.split(".")
+    node = cfg
+    for p in path:
+      node = node[p]
+    node[leaf] = value
   summary = train(cfg, str(tmp_path))
   assert summary["steps"] == 4
   with open(tmp_path / "metrics.jsonl") as f:

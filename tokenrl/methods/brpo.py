@@ -152,12 +152,31 @@ class Brpo(Method):
       raise ValueError("rl.objective=brpo sets its own dense rewards and advantages: "
                        "rl.dynamic_sampling and rl.overlong_buffer_len must be off")
 
-  def smoke_overrides(self, cfg: ml_collections.ConfigDict) -> None:
-    """Tiny budgets for the embedded arithmetic task: traces of 8, budgets (4, 8), 2 summaries."""
-    cfg.rl.brpo.max_thinking_tokens = 8
-    cfg.rl.brpo.n_budget_support = 2
-    cfg.rl.brpo.n_summary = 2
-    cfg.rl.brpo.summary_max_tokens = 6
+  # Tiny budgets for the quickstart (max_seq_len 64): traces of 8, budgets (4, 8), 2 summaries.
+  quickstart_overrides = {"rl.brpo.max_thinking_tokens": 8, "rl.brpo.n_budget_support": 2,
+                          "rl.brpo.n_summary": 2, "rl.brpo.summary_max_tokens": 6}
+
+  def sequence_budgets(self, bctx):
+    """The thinking rollout, the summary rollout (prompt ⊕ cut trace ⊕ delimiters, bucketed as
+    the sampler does) and the fixed-width training rows; plus the evaluation rollout."""
+    from tokenrl.methods.budgets import Budget, bucket, rollout_budget  # pylint: disable=g-import-not-at-top
+    s, P = bctx.section, bctx.P
+    L, Ts = s.max_thinking_tokens, s.summary_max_tokens
+    insert = bctx.n_tokens(s.cut_marker) + 1 + bctx.n_tokens(s.answer_header)
+    think = (("rl.brpo.max_thinking_tokens", s.n_budget_support),)
+    both = think + (("rl.brpo.summary_max_tokens", 1),)
+    ps = bucket(bctx.prompt_len + L + insert)
+    return [
+        rollout_budget(bctx, "evaluation rollout"),
+        Budget("brpo thinking rollout", P + L,
+               f"prompt bucket {P} + rl.brpo.max_thinking_tokens {L}", think),
+        Budget("brpo summary rollout", ps + Ts,
+               f"summary prompt bucket {ps} (prompt {bctx.prompt_len} + max_thinking_tokens {L} "
+               f"+ {insert} delimiter tokens) + rl.brpo.summary_max_tokens {Ts}", both),
+        Budget("brpo training rows", P + L + insert + Ts,
+               f"prompt bucket {P} + max_thinking_tokens {L} + {insert} delimiter tokens + "
+               f"rl.brpo.summary_max_tokens {Ts}", both),
+    ]
 
   def benchmark_overrides(self, cfg: ml_collections.ConfigDict) -> None:
     """benchmarks/objectives.py on the quickstart task: 16 thinking tokens, 4 budgets (the

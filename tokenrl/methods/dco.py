@@ -15,7 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from tokenrl.methods.base import Method, StepContext, StepData
-from tokenrl.methods.otr import teacher_forced_data, teacher_forced_logits
+from tokenrl.methods.otr import teacher_forced_budgets, teacher_forced_data, teacher_forced_logits
 from tokenrl.methods.registry import register
 from tokenrl.objectives import dco as dco_lib
 from tokenrl.objectives import token_logprobs
@@ -39,8 +39,10 @@ class Dco(Method):
       raise ValueError(f"rl.dco.n: required, an int >= 1 (the test-time pass@N budget); "
                        f"got {section.n!r}")
 
-  def smoke_overrides(self, cfg: ml_collections.ConfigDict) -> None:
-    cfg.rl.dco.n = 4
+  quickstart_overrides = {"rl.dco.n": 4}   # rl.dco.n is required: the pass@N budget
+
+  def sequence_budgets(self, bctx):
+    return teacher_forced_budgets(bctx)
 
   def rollout(self, ctx: StepContext) -> StepData:
     return teacher_forced_data(ctx)

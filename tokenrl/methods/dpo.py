@@ -42,6 +42,19 @@ class PairwiseMethod(Method):
     del section
     return {"reference (post-SFT policy)": 1.0}
 
+  def sequence_budgets(self, bctx):
+    """The evaluation rollout and the pair rows [2N, P + T_pair]: T_pair = the bucket (from 8)
+    of the longest completion + EOS; the embedded near misses may be one token longer than the
+    answer (99 -> 100), so the bound is longest answer + EOS + 1."""
+    from tokenrl.data.preference import COMPLETION_MIN_BUCKET  # pylint: disable=g-import-not-at-top
+    from tokenrl.methods.budgets import Budget, rollout_budget  # pylint: disable=g-import-not-at-top
+    from tokenrl.rollout.sampler import bucket_length  # pylint: disable=g-import-not-at-top
+    c = bctx.answer_tokens + 1
+    t = int(bucket_length(c, minimum=COMPLETION_MIN_BUCKET))
+    return [rollout_budget(bctx, "evaluation rollout"),
+            Budget("pair rows", bctx.P + t,
+                   f"prompt bucket {bctx.P} + completion bucket {t} (longest completion {c})")]
+
   def config(self):
     c = ml_collections.ConfigDict()
     c.beta = 0.1              # β: KL strength / implicit-reward scale (DPO paper 0.1)

@@ -64,6 +64,30 @@ def check_fits(ctx: StepContext, ids: Sequence[Sequence[int]], new_tokens: int, 
                      "(hint_format / hint kind) or raise model.max_seq_len")
 
 
+def hinted_budgets(bctx: Any, *, hint_kind: str, hint_chars: int, hint_format: str,
+                   new_tokens: int, knob: str, self_hint_tokens: int = 0) -> list[Any]:
+  """Budget of the re-roll from hinted prompts (given the run's examples; none without them):
+  bucket of the longest hint_format(hint, prompt) + `new_tokens`. self_hint_tokens > 0 (NuRL's
+  self-written hints) also bounds a hint of that many tokens."""
+  from tokenrl.methods.budgets import Budget, bucket  # pylint: disable=g-import-not-at-top
+  if not bctx.examples:
+    return []
+  tok, chat = bctx.tok(), bool(bctx.cfg.data.chat_template)
+  texts = [hints_lib.format_prompt(hint_format, prompt=ex["prompt"],
+                                   hint=hints_lib.example_hint(ex, hint_kind, hint_chars))
+           for ex in bctx.examples]
+  longest = max(len(x) for x in tokenize_prompts(tok, texts, use_chat_template=chat))
+  if self_hint_tokens:
+    bare = [hints_lib.format_prompt(hint_format, prompt=ex["prompt"], hint="")
+            for ex in bctx.examples]
+    longest = max(longest, self_hint_tokens +
+                  max(len(x) for x in tokenize_prompts(tok, bare, use_chat_template=chat)))
+  p = bucket(longest)
+  return [Budget("hinted rollout", p + new_tokens,
+                 f"hinted prompt bucket {p} (longest hinted prompt {longest}) + {new_tokens} "
+                 "new tokens", ((knob, 1),))]
+
+
 @dataclasses.dataclass
 class HintedRolls:
   """Re-rolls of M = len(groups)·k rows (row q·k + s = sample s of groups[q]).
@@ -251,6 +275,13 @@ class GuideGrpo(Method):
                        f"{section.reroll_threshold}")
     if opts["importance_sampling_level"] != "token":
       raise ValueError("rl.importance_sampling_level: guide_grpo needs 'token' (per-token ratios)")
+
+  def sequence_budgets(self, bctx):
+    from tokenrl.methods.budgets import rollout_budget  # pylint: disable=g-import-not-at-top
+    s = bctx.section
+    return [rollout_budget(bctx)] + hinted_budgets(
+        bctx, hint_kind=s.hint_kind, hint_chars=s.hint_chars, hint_format=s.hint_format,
+        new_tokens=bctx.T, knob="sampler.max_new_tokens")
 
   def rollout(self, ctx: StepContext) -> StepData:
     s, G = ctx.section, ctx.G

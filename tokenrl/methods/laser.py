@@ -88,10 +88,17 @@ class Laser(Method):
     if section.token_id < -1:
       raise ValueError(f"rl.laser.token_id: expected -1 or a token id, got {section.token_id}")
 
-  def smoke_overrides(self, cfg: ml_collections.ConfigDict) -> None:
-    cfg.rl.laser.reasoning_warmup_steps = 0   # RL step 1: L_sr; step 2: also advantage mixing
-    cfg.rl.laser.self_reward_warmup_steps = 1
-    cfg.rl.laser.estimate_c_ref = True
+  # Warm-ups that a short quickstart run reaches: RL step 1 adds L_sr, step 2 mixes advantages.
+  quickstart_overrides = {"rl.laser.reasoning_warmup_steps": 0,
+                          "rl.laser.self_reward_warmup_steps": 1, "rl.laser.estimate_c_ref": True}
+
+  def sequence_budgets(self, bctx):
+    """The rollout, and the training rows with the extra self-reward column: P + T + 1."""
+    from tokenrl.methods.budgets import Budget, rollout_budget  # pylint: disable=g-import-not-at-top
+    return [rollout_budget(bctx),
+            Budget("laser training rows", bctx.P + bctx.T + 1,
+                   f"prompt bucket {bctx.P} + sampler.max_new_tokens {bctx.T} + 1 self-reward "
+                   "token", (("sampler.max_new_tokens", 1),))]
 
   def shape(self, ctx: StepContext, data: StepData) -> StepData:
     sec, G = ctx.section, ctx.G

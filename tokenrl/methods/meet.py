@@ -36,6 +36,22 @@ class Meet(Method):
     c.stage2_learning_rate = 1e-4   # AdamW lr of stage 2
     return c
 
+  def sequence_budgets(self, bctx):
+    """Rows prompt ⊕ n_c control slots (peft='prompt'), bucketed, + the greedy evaluation's
+    sampler.max_new_tokens, or + the training completion bucket (from 8) of answer + EOS."""
+    from tokenrl.methods.budgets import Budget, bucket  # pylint: disable=g-import-not-at-top
+    from tokenrl.rollout.sampler import bucket_length  # pylint: disable=g-import-not-at-top
+    n_c = bctx.section.n_control_tokens if bctx.section.peft == "prompt" else 0
+    p = bucket(bctx.prompt_len + n_c)
+    t = int(bucket_length(bctx.answer_tokens, minimum=8))
+    knobs = (("rl.meet.n_control_tokens", 1),) if n_c else ()
+    return [Budget("meet evaluation rows", p + bctx.T,
+                   f"bucket {p} of prompt {bctx.prompt_len} + {n_c} control tokens + "
+                   f"sampler.max_new_tokens {bctx.T}", knobs + (("sampler.max_new_tokens", 1),)),
+            Budget("meet training rows", p + t,
+                   f"bucket {p} of prompt {bctx.prompt_len} + {n_c} control tokens + completion "
+                   f"bucket {t}", knobs)]
+
   def validate(self, section, opts):
     del opts
     if section.stage not in STAGES:

@@ -129,6 +129,20 @@ class Mrt(Method):
     if not np.isfinite(section.alpha):
       raise ValueError(f"rl.mrt.alpha: expected a finite number, got {section.alpha}")
 
+  def sequence_budgets(self, bctx):
+    """The rollout, and the forced answers: answer_tokens (0 = T) after a context of the prompt,
+    up to T completion tokens and termination_text (bucketed as the sampler does)."""
+    from tokenrl.methods.budgets import Budget, bucket, rollout_budget  # pylint: disable=g-import-not-at-top
+    s, T = bctx.section, bctx.T
+    tail = bctx.n_tokens(s.termination_text)
+    c = bucket(bctx.prompt_len + T + tail)
+    a = s.answer_tokens or T
+    return [rollout_budget(bctx),
+            Budget("mrt forced answers", c + a,
+                   f"context bucket {c} (prompt {bctx.prompt_len} + sampler.max_new_tokens {T} + "
+                   f"termination_text {tail}) + forced answer {a} (rl.mrt.answer_tokens, 0 = T)",
+                   (("rl.mrt.answer_tokens", 1), ("sampler.max_new_tokens", 1)))]
+
   def shape(self, ctx: StepContext, data: StepData) -> StepData:
     s = ctx.section
     n, t = data.mask.shape

@@ -140,6 +140,16 @@ class Nurl(Method):
     if section.context == "unhinted_is" and opts["importance_sampling_level"] != "token":
       raise ValueError("rl.importance_sampling_level: nurl context='unhinted_is' needs 'token'")
 
+  def sequence_budgets(self, bctx):
+    """The rollout and the hinted re-roll (self hints: up to hint_max_tokens tokens, or the
+    example fallback). The self-hint generation cuts its own budget to the context."""
+    from tokenrl.methods.budgets import rollout_budget  # pylint: disable=g-import-not-at-top
+    s = bctx.section
+    return [rollout_budget(bctx)] + guide.hinted_budgets(
+        bctx, hint_kind=s.hint_kind, hint_chars=s.hint_chars, hint_format=s.hint_format,
+        new_tokens=bctx.T, knob="sampler.max_new_tokens",
+        self_hint_tokens=s.hint_max_tokens if s.hint_source == "self" else 0)
+
   def rollout(self, ctx: StepContext) -> StepData:
     s, G = ctx.section, ctx.G
     data = default_rollout(ctx)

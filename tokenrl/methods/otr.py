@@ -65,6 +65,16 @@ def teacher_forced_data(ctx: StepContext) -> StepData:
                   advantages=np.zeros(rows, np.float32), token_weights=np.ones((rows, t), np.float32))
 
 
+def teacher_forced_budgets(bctx: Any) -> list[Any]:
+  """Budgets of `teacher_forced_data` rows: prompt bucket + max(T, longest answer + EOS); the
+  loop's evaluation samples T tokens from the same prompts (inside that width)."""
+  from tokenrl.methods.budgets import Budget  # pylint: disable=g-import-not-at-top
+  t = max(bctx.T, bctx.answer_tokens)
+  return [Budget("teacher-forced rows", bctx.P + t,
+                 f"prompt bucket {bctx.P} + max(sampler.max_new_tokens {bctx.T}, longest answer "
+                 f"+ EOS {bctx.answer_tokens})", (("sampler.max_new_tokens", 1),))]
+
+
 def teacher_forced_logits(params: Any, mb: dict[str, jax.Array], lctx: LossContext) -> jax.Array:
   """logits [N,T,V] f32 (temperature 1) predicting the completion tokens tokens[:, P:]."""
   p = lctx.prompt_len
@@ -110,9 +120,11 @@ class Otr(Method):
     if not section.beta < 1:
       raise ValueError(f"rl.otr.beta: expected < 1 (the mismatch reward), got {section.beta}")
 
-  def smoke_overrides(self, cfg: ml_collections.ConfigDict) -> None:
-    cfg.rl.otr.temperature = 1.2
-    cfg.rl.otr.num_samples = 16
+  # rl.otr.temperature is required (no published value); 16 candidates keep the CPU step short.
+  quickstart_overrides = {"rl.otr.temperature": 1.2, "rl.otr.num_samples": 16}
+
+  def sequence_budgets(self, bctx):
+    return teacher_forced_budgets(bctx)
 
   def rollout(self, ctx: StepContext) -> StepData:
     return teacher_forced_data(ctx)

@@ -93,11 +93,30 @@ class Poad(ValueMethod):
         raise ValueError(f"rl.{key}={opts[key]!r} is not read by rl.objective='poad': set "
                          f"rl.poad.{key} (the action-level {key}) instead")
 
-  def smoke_overrides(self, cfg: ml_collections.ConfigDict) -> None:
-    """Two-turn episodes of arith_chain with ';' as the delimiter (the integration test)."""
-    cfg.data.task = "arith"
-    cfg.rl.poad.turns = 2
-    cfg.rl.poad.delimiter = ";"
+  # Two-turn episodes: three turns of 5-token actions and 8-token observations outgrow
+  # max_seq_len 64 (the third turn's context bucket is 64).
+  quickstart_overrides = {"rl.poad.turns": 2}
+
+  def sequence_budgets(self, bctx):
+    """Turn k (0-based) samples max_action_tokens after a context of the prompt and k actions and
+    observations at their maximum lengths (bucketed); the training row is the prompt bucket +
+    episode_length; plus the evaluation rollout."""
+    from tokenrl.methods.budgets import Budget, bucket, rollout_budget  # pylint: disable=g-import-not-at-top
+    s = bctx.section
+    A, O = s.max_action_tokens, s.max_observation_tokens
+    knobs = (("rl.poad.turns", 1), ("rl.poad.max_action_tokens", 2))
+    out = [rollout_budget(bctx, "evaluation rollout")]
+    for k in range(s.turns):
+      c = bucket(bctx.prompt_len + k * (A + O))
+      out.append(Budget(f"poad turn {k + 1} rollout", c + A,
+                        f"context bucket {c} (prompt {bctx.prompt_len} + {k} x (max_action_tokens "
+                        f"{A} + max_observation_tokens {O})) + rl.poad.max_action_tokens {A}",
+                        knobs))
+    length = episode_length(s)
+    out.append(Budget("poad training rows", bctx.P + length,
+                      f"prompt bucket {bctx.P} + rl.poad.turns {s.turns} x max_action_tokens {A} "
+                      f"+ {s.turns - 1} x max_observation_tokens {O}", knobs))
+    return out
 
   # ---- rollout: the multi-turn episodes ---------------------------------------------------
   def rollout(self, ctx: StepContext) -> StepData:

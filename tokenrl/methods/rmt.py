@@ -177,8 +177,23 @@ class Rmt(Method):
     if not s.think_end:
       raise ValueError("rl.rmt.think_end must be a non-empty token")
 
-  def smoke_overrides(self, cfg: ml_collections.ConfigDict) -> None:
-    cfg.rl.rmt.budget_init = 4        # thinking budgets the 6-token completions can reach
+  # Thinking budgets the quickstart's 6-token completions can reach (B_0 = 800 never binds).
+  quickstart_overrides = {"rl.rmt.budget_init": 4}
+
+  def sequence_budgets(self, bctx):
+    """The rollout from prompt ⊕ answer[:k] (k = 0 for key_position='first', up to |answer| − 1
+    for 'random') and the NTP rows prompt ⊕ answer ⊕ EOS (bucketed)."""
+    from tokenrl.methods.budgets import Budget, bucket, rollout_budget  # pylint: disable=g-import-not-at-top
+    a = bctx.answer_tokens - 1                      # longest answer, no EOS
+    k = 0 if bctx.section.key_position == "first" else max(a - 1, 0)
+    out = [rollout_budget(bctx, "evaluation rollout")]
+    pk = bucket(bctx.prompt_len + k)
+    out.append(Budget("rmt rollout", pk + bctx.T,
+                      f"bucket of prompt {bctx.prompt_len} + key prefix {k} = {pk} + "
+                      f"sampler.max_new_tokens {bctx.T}", (("sampler.max_new_tokens", 1),)))
+    w = bucket(bctx.prompt_len + a + 1)
+    out.append(Budget("rmt NTP rows", w, f"bucket of prompt {bctx.prompt_len} + answer {a} + EOS"))
+    return out
 
   # ---- host hooks ------------------------------------------------------------------------
   def _pool_tiers(self, pool: Sequence[Mapping[str, Any]]) -> np.ndarray:

@@ -130,9 +130,9 @@ class Rto(ValueMethod):
         raise ValueError(f"rl.{key}={opts[key]!r} is not read by rl.objective='rto': set "
                          f"rl.rto.{key} instead")
 
-  def smoke_overrides(self, cfg: ml_collections.ConfigDict) -> None:
-    """No DPO checkpoint in tests: the perturbed-policy stand-in (see module docstring)."""
-    cfg.rl.rto.dpo_stand_in = "perturbed_policy"
+  # No DPO checkpoint on the quickstart: the perturbed-policy stand-in (a smoke run, not RTO;
+  # see the module docstring). A real run sets rl.rto.dpo_workdir or rl.rto.dpo_hf_path.
+  quickstart_overrides = {"rl.rto.dpo_stand_in": "perturbed_policy"}
 
   def _frozen(self, ctx: StepContext) -> tuple[Any, ModelConfig, Any]:
     """(ref params, DPO config, DPO params) of this run."""

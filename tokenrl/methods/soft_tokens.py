@@ -115,10 +115,20 @@ class SoftTokens(Method):
       raise ValueError("rl.objective=soft_tokens is on-policy REINFORCE without a KL term: "
                        "rl.num_iterations must be 1 and rl.beta 0")
 
-  def smoke_overrides(self, cfg: ml_collections.ConfigDict) -> None:
-    cfg.rl.soft_tokens.cot_steps = 2
-    cfg.rl.soft_tokens.correct_reward = 1.0   # rewards on the tiny run's learning-rate scale
-    cfg.rl.soft_tokens.wrong_reward = 0.1
+  # 2 soft CoT steps fit the quickstart's max_seq_len 64 (128 do not); rewards on the tiny run's
+  # learning-rate scale (the paper's 100/10 would be a 100x larger step).
+  quickstart_overrides = {"rl.soft_tokens.cot_steps": 2, "rl.soft_tokens.correct_reward": 1.0,
+                          "rl.soft_tokens.wrong_reward": 0.1}
+
+  def sequence_budgets(self, bctx):
+    """prompt bucket + T_c soft CoT steps + T answer tokens (the soft and the hard-CoT decode
+    and the training rows); plus the evaluation rollout."""
+    from tokenrl.methods.budgets import Budget, rollout_budget  # pylint: disable=g-import-not-at-top
+    P, tc, T = bctx.P, bctx.section.cot_steps, bctx.T
+    return [rollout_budget(bctx, "evaluation rollout"),
+            Budget("soft_tokens rollout", P + tc + T,
+                   f"prompt bucket {P} + rl.soft_tokens.cot_steps {tc} + sampler.max_new_tokens {T}",
+                   (("rl.soft_tokens.cot_steps", 0), ("sampler.max_new_tokens", 1)))]
 
   def benchmark_overrides(self, cfg: ml_collections.ConfigDict) -> None:
     """benchmarks/objectives.py on the quickstart task: 8 soft CoT steps (the 128 default does
