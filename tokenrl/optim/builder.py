@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 
 from tokenrl.optim.lion_kappa import GROUPINGS, KAPPAS, lion_kappa
 
@@ -70,7 +71,24 @@ def _nonneg(cfg: ml_collections.ConfigDict, field: str) -> float:
   return value
 
 
-def build_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+def clamp_warmup(warmup: int, total_steps: int, *, total_key: str = "total_steps") -> int:
+  """warmup, or total_steps // 10 when warmup > total_steps (logged as a warning).
+
+  A short run (`--config.train.max_steps=3`, the first thing anyone tries) must not stop on a
+  warm-up sized for the full run. total // 10 keeps the usual ~10% warm-up fraction, so the run
+  still spends most of its steps at the peak rate (and a decay schedule still decays); clamping
+  to `total` instead would train the whole short run below the configured learning rate.
+  """
+  if warmup <= total_steps:
+    return warmup
+  new = max(0, total_steps // 10)
+  logging.warning("optimizer.warmup_steps=%d > %s=%d: clamped to %d (total // 10) for this run",
+                  warmup, total_key, total_steps, new)
+  return new
+
+
+def build_schedule(cfg: ml_collections.ConfigDict, total_steps: int, *,
+                   total_key: str = "total_steps") -> optax.Schedule:
   """η(step): linear warmup 0 -> lr over warmup_steps, then constant / cosine / linear decay.
 
   For 'cosine' and 'linear' the decay runs from lr at step warmup_steps to lr·min_lr_ratio at
@@ -79,7 +97,9 @@ def build_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sc
 
   Args:
     cfg: the `optimizer` section (see `optimizer_config`).
-    total_steps: number of optimizer steps of the run, > 0 and ≥ warmup_steps.
+    total_steps: number of optimizer steps of the run, > 0; a larger warmup_steps is clamped
+      (`clamp_warmup`).
+    total_key: the config key total_steps comes from, for the clamp warning.
 
   Returns:
     An optax schedule: int32 step count -> f32 learning rate.
@@ -93,8 +113,7 @@ def build_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sc
     raise ValueError(f"optimizer.warmup_steps must be >= 0, got {warmup}")
   if not (isinstance(total_steps, int) and total_steps > 0):
     raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
-  if warmup > total_steps:
-    raise ValueError(f"optimizer.warmup_steps ({warmup}) must be <= total_steps ({total_steps})")
+  warmup = clamp_warmup(warmup, total_steps, total_key=total_key)
   ratio = cfg.min_lr_ratio
   if not 0.0 <= ratio <= 1.0:
     raise ValueError(f"optimizer.min_lr_ratio must be in [0, 1], got {ratio!r}")
@@ -118,13 +137,14 @@ def _decay_mask(kind: str) -> Callable[[PyTree], PyTree] | None:
   return lambda params: jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
 
 
-def build_optimizer(cfg: ml_collections.ConfigDict,
-                    total_steps: int) -> optax.GradientTransformationExtraArgs:
+def build_optimizer(cfg: ml_collections.ConfigDict, total_steps: int, *,
+                    key: str = "total_steps") -> optax.GradientTransformationExtraArgs:
   """The training loop's optax chain: global-norm clip -> optimizer(schedule).
 
   Args:
     cfg: the `optimizer` section (see `optimizer_config`).
     total_steps: number of optimizer steps of the run (for the schedule).
+    key: the config key total_steps comes from (named when the warm-up is clamped).
 
   Returns:
     An optax transformation; `update(grads, state, params)` needs params (weight decay).
@@ -134,7 +154,7 @@ def build_optimizer(cfg: ml_collections.ConfigDict,
   """
   name = _choice(cfg, "name", NAMES)
   mask = _decay_mask(_choice(cfg, "weight_decay_mask", DECAY_MASKS))
-  schedule = build_schedule(cfg, total_steps)
+  schedule = build_schedule(cfg, total_steps, total_key=key)
   weight_decay = _nonneg(cfg, "weight_decay")
   clip = _nonneg(cfg, "grad_clip_norm")
   try:
