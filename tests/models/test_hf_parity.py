@@ -1,5 +1,6 @@
 """Logits equal transformers' on tiny random checkpoints of every family (f32, 1e-4)."""
 
+import json
 import os
 
 import jax
@@ -55,13 +56,47 @@ def test_logits_match_transformers(checkpoint):
   np.testing.assert_allclose(alone[0], expected[0], atol=ATOL, rtol=0)
 
 
-def test_padding_derived_from_pad_id(checkpoint):
-  _, _, _, config, params = checkpoint
-  tokens, mask = _batch(config.vocab_size, config.pad_id)
-  explicit = _ours(params, tokens, config, segment_ids=jnp.asarray(mask))
-  derived = _ours(params, tokens, config)
+def _config_with_pad(path: str, folder, pad_token_id: int | None):
+  """Our ModelConfig of checkpoint `path`, its config.json's pad_token_id removed (None) or set."""
+  with open(os.path.join(path, "config.json")) as f:
+    hf = json.load(f)
+  hf.pop("pad_token_id", None)
+  if pad_token_id is not None:
+    hf["pad_token_id"] = pad_token_id
+  with open(os.path.join(folder, "config.json"), "w") as f:
+    json.dump(hf, f)
+  return models.read_hf_config(str(folder))
+
+
+@pytest.mark.parametrize("pad_token_id", [None, 5], ids=["no_pad_token_id", "pad_token_id_5"])
+def test_rows_starting_with_the_pad_id_equal_transformers(checkpoint, pad_token_id, tmp_path):
+  """A config.json without pad_token_id (Llama 3 base, many Qwen2) loads with pad_id 0, a real
+  token; nor is a declared pad id ever padding by value. Rows that start with (or hold) the pad
+  id equal transformers, unpadded without segment_ids and left-padded with explicit ones.
+  (gemma3's own config declares pad_token_id 0: the no_pad_token_id case has that pad id.)"""
+  name, model, path, _, params = checkpoint
+  config = _config_with_pad(path, tmp_path, pad_token_id)
+  pad = 0 if pad_token_id is None else pad_token_id
+  assert config.pad_id == pad
+  rng = np.random.default_rng(4)
+  tokens = rng.integers(1, config.vocab_size, size=(3, 12)).astype(np.int32)
+  tokens[:, 0] = pad                 # every row starts with the pad id
+  tokens[1, :4] = pad                # several of them, like left padding would look
+  tokens[2, 6] = pad                 # and once inside a row
+  expected = hf_logits(model, tokens, np.ones_like(tokens))
+  got = _ours(params, tokens, config)  # no segment_ids: every token is real
+  np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0, err_msg=name)
+
+  # Explicit left padding (slots filled with the pad id), the real rows still starting with it.
+  lengths = np.array([12, 9, 5])
+  mask = np.asarray(models.segment_ids_from_lengths(lengths, 12))
+  padded = np.full_like(tokens, pad)
+  for row, n in enumerate(lengths):
+    padded[row, 12 - n:] = tokens[row, :n]
+  expected = hf_logits(model, padded, mask)
+  got = _ours(params, padded, config, segment_ids=jnp.asarray(mask))
   valid = mask.astype(bool)
-  np.testing.assert_allclose(derived[valid], explicit[valid], atol=1e-6)
+  np.testing.assert_allclose(got[valid], expected[valid], atol=ATOL, rtol=0, err_msg=name)
 
 
 def test_incremental_decode_equals_full_forward(checkpoint):

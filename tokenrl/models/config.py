@@ -112,6 +112,8 @@ class ModelConfig:
   final_logit_softcap: float | None = None
   attn_logit_softcap: float | None = None
   max_seq_len: int = 4096
+  # Fill value of padded slots only (the mask/segment ids say which slots are padding; no
+  # token value is ever read as padding: a config.json without pad_token_id gives 0, a real token).
   pad_id: int = 0
   bos_id: int | None = None
   eos_ids: tuple[int, ...] = ()

@@ -34,6 +34,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 try:  # jax.core.Tracer moved in newer jax releases
   from jax.core import Tracer
@@ -248,12 +249,25 @@ def _validate(params: Params, tokens: jax.Array, config: ModelConfig, cache: Cac
           f"cache of length {length} at index {index} cannot take {tokens.shape[1]} more tokens")
 
 
-def segments_from_padding(tokens: jax.Array, pad_id: int) -> jax.Array:
-  """segment_ids [N,S]: 0 on leading (left) pad tokens, 1 after the first non-pad token.
+def segment_ids_from_lengths(lengths: Any, width: int) -> jax.Array:
+  """segment_ids int32 [N,width] of left-padded rows from their real lengths [N].
 
-  Only *leading* pads count, so a pad id that doubles as EOS inside a sequence stays visible.
+    segment_ids[n, j] = 1 if j >= width - lengths[n] else 0     (0 = padding)
+
+  Padding is always what the caller says (these lengths, or segment ids it built), never a
+  token value: a pad id can be a real token (a config.json without pad_token_id, e.g. Llama 3
+  base or many Qwen2 checkpoints, loads with pad_id 0, a real vocabulary entry).
   """
-  return jax.lax.cummax((tokens != pad_id).astype(jnp.int32), axis=1)
+  if not isinstance(lengths, Tracer):
+    arr = np.asarray(lengths)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+      raise ValueError(f"lengths must be an int array [N], got {arr.dtype} array of shape "
+                       f"{arr.shape}")
+    bad = np.flatnonzero((arr < 0) | (arr > width)).tolist()
+    if bad:
+      raise ValueError(f"lengths of rows {bad} are {arr[bad].tolist()}, outside [0, width={width}]")
+  lengths = jnp.asarray(lengths, jnp.int32)
+  return (jnp.arange(width, dtype=jnp.int32)[None, :] >= width - lengths[:, None]).astype(jnp.int32)
 
 
 def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
@@ -280,16 +294,17 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
     positions: int [N,S] RoPE positions. Default: derived from segment_ids (restarting at 0 in
       each segment) or, with a cache, continuing after the last position held by the cache.
     segment_ids: int [N,S]; 0 = padding, equal non-zero ids attend to each other (packing).
-      Default: leading `config.pad_id` tokens are padding (left-padded batches) when there is
-      no cache; all tokens valid when there is one (decode steps pass it explicitly).
+      Default: every token is real (one segment per row, no padding). Padding is only what
+      this argument says (see `segment_ids_from_lengths` for left-padded rows): no token value,
+      `config.pad_id` included, is ever taken to mean padding, since it can be a real token.
     cache: KV cache from `init_cache` (stacked, or per_layer: then the layers run unrolled);
       new keys/values are written at cache['index'].
     return_hidden: return the final-normed hidden states [N,S,D] instead of logits, so a
       caller can fuse the unembedding with a chunked log-prob and never hold [N,S,V].
     remat: rematerialize each layer in the backward pass (activation memory O(1) in L).
     input_embeddings: optional [N,S,D] inputs used instead of embed[tokens] (before the
-      family's embedding scale), e.g. soft-token mixtures; `tokens` still gives the padding
-      and positions.
+      family's embedding scale), e.g. soft-token mixtures; `tokens` only gives the shape
+      (padding and positions come from segment_ids / positions as above).
 
   Returns:
     (logits [N,S,V] f32 (accumulated in f32) or hidden [N,S,D], the updated cache or None).
@@ -309,8 +324,7 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
     raise ValueError("params['layers'] is split per layer (split_layers); forward needs the "
                      "stacked layers unless the cache is per_layer")
   if segment_ids is None:
-    segment_ids = (segments_from_padding(tokens, c.pad_id) if cache is None
-                   else jnp.ones((n, s), jnp.int32))
+    segment_ids = jnp.ones((n, s), jnp.int32)
   valid = segment_ids != 0
   if positions is None:
     if cache is None:
