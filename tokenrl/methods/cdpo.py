@@ -81,11 +81,10 @@ class Cdpo(PairwiseMethod):
           raise ValueError(f"rl.cdpo.{key}_workdir={path!r}: its model differs from this run's")
         pctx.aux[key] = params
       return
-    from tokenrl.train.pref_loop import load_or_train  # pylint: disable=g-import-not-at-top
     for which, key in enumerate(("positive", "negative")):
       train = functools.partial(pctx.sft, pctx.ref_params, pctx.train_pairs, which, sec.ce_steps,
                                 sec.ce_learning_rate, pctx.cfg.seed + 101 + which)
-      pctx.aux[key] = load_or_train(pctx.workdir, f"cdpo_{key}", pctx.ref_params, train)
+      pctx.aux[key] = pctx.load_or_train(pctx.workdir, f"cdpo_{key}", pctx.ref_params, train)
 
   def extras(self, pctx, batch, prompt_len):
     fn = _score_fn(pctx.run.model, prompt_len, float(pctx.section.beta_ce))

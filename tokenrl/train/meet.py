@@ -16,16 +16,14 @@
   trained jointly from random init); stage='1' alone is PEFT only.
 
 Steps are jitted (`steps._accumulate` / `steps._apply` with a TrainState whose params are the
-trainable pytree). No checkpoints or resume: the summary and per-step metrics are written to
-WORKDIR/summary.json and WORKDIR/metrics.jsonl.
+trainable pytree). The stages are phases of the run skeleton (tokenrl/train/skeleton.py): a
+stage's state is {'train': TrainState of the trainable tree, 'theta0': θ0}, the data draws come
+from a checkpointed numpy Generator, so a killed run resumes exactly.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
-import time
 from typing import Any, Sequence
 
 import jax
@@ -41,9 +39,10 @@ from tokenrl.models import transformer
 from tokenrl.models.config import ModelConfig
 from tokenrl.objectives import token_logprobs
 from tokenrl.objectives.meet import control_gap, controlled_nll, soft_prompt_embeddings
-from tokenrl.train import batches as batches_lib
 from tokenrl.train import steps as steps_lib
+from tokenrl.train.phases import adam, sampled_sft_batch
 from tokenrl.train.setup import build_run, encode_prompts
+from tokenrl.train.skeleton import NumpyRng, Phase, RunSpec, run_job
 
 GOOD, BAD = 0, 1
 NUM_CONTROLS = 2
@@ -182,64 +181,86 @@ def _encode_rows(tok: Any, pairs: Sequence[dict[str, Any]]) -> list[tuple[list[i
   return rows
 
 
-def _adam(learning_rate: float) -> optax.GradientTransformation:
-  return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(learning_rate, weight_decay=0.0))
-
-
 def train_meet(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Run MEET (module docstring) for `cfg` (rl.objective='meet') in `workdir`; the summary."""
-  start_time = time.time()
   if cfg.rl.objective != "meet":
     raise ValueError(f"train_meet: rl.objective must be 'meet', got {cfg.rl.objective!r}")
-  from tokenrl.methods import get_method  # pylint: disable=g-import-not-at-top
+  return run_job(cfg, workdir, build_meet)
+
+
+def build_meet(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
+  """Phases 'sft' (train.sft_steps > 0), 'stage1' and/or 'stage2' (rl.meet.stage)."""
+  del workdir
   sec = cfg.rl.meet
-  get_method("meet").validate(sec, {})
-  os.makedirs(workdir, exist_ok=True)
   run = build_run(cfg)
   tok, model = run.tokenizer, run.model
   n_c = sec.n_control_tokens if sec.peft == "prompt" else 0
   T = cfg.sampler.max_new_tokens
-  rng = np.random.default_rng(cfg.seed)
+  rng = NumpyRng(cfg.seed)
   key = jax.random.key(cfg.seed)
-  log = open(os.path.join(workdir, "metrics.jsonl"), "w")
-  history: list[dict[str, Any]] = []
-
-  def write(phase: str, step: int, metrics: dict[str, Any]) -> None:
-    line = {"phase": phase, "step": step, **{k: float(v) for k, v in metrics.items()}}
-    log.write(json.dumps(line) + "\n")
-    history.append(line)
-
-  # 0. Warm-up SFT: θ0.
-  params = run.params
-  if cfg.train.sft_steps:
-    tx = _adam(cfg.train.sft_learning_rate)
-    sft = steps_lib.make_sft_step(tx, config=model, micro_batch_size=cfg.train.micro_batch_size)
-    state = steps_lib.create_state(params, tx)
-    for s in range(cfg.train.sft_steps):
-      ex = [run.train_examples[i] for i in rng.integers(len(run.train_examples),
-                                                        size=cfg.train.sft_batch_size)]
-      state, m = sft(state, batches_lib.sft_batch(encode_prompts(cfg, tok, ex), ex, tok))
-      write("sft", s, m)
-    params = state.params
-  theta0 = params
-
   train_pairs = make_preference_pairs(run.train_examples, run.verifier, cfg.seed)
   held = run.eval_examples
   held_ids = encode_prompts(cfg, tok, held)
   eval_rows = [(p, [], c) for c in (GOOD, BAD) for p in held_ids]
   eval_batch, eval_P = control_batch(eval_rows, n_control=n_c, pad_id=tok.pad_id, completion_len=T)
   eval_batch = {k: jnp.asarray(v) for k, v in eval_batch.items()}
+  aux: dict[str, Any] = {"final_loss": None}
+  fns: dict[tuple[str, int], Any] = {}
+  sft_tx = adam(cfg.train.sft_learning_rate)
+  sft_fn = steps_lib.make_sft_step(sft_tx, config=model, micro_batch_size=cfg.train.micro_batch_size)
 
-  # Controls: soft tokens ~ N(0, 1/D) (the embeddings' scale) or one zero-delta LoRA per control.
-  if sec.peft == "prompt":
-    controls = {"soft": jax.random.normal(jax.random.fold_in(key, 1),
-                                          (NUM_CONTROLS, n_c, model.dim)) * model.dim ** -0.5}
-  else:
-    per = [lora_lib.init_lora(params, model, jax.random.fold_in(key, 10 + c), rank=sec.lora_rank,
+  def init_controls(theta0):
+    # Soft tokens ~ N(0, 1/D) (the embeddings' scale) or one zero-delta LoRA per control.
+    if sec.peft == "prompt":
+      return {"soft": jax.random.normal(jax.random.fold_in(key, 1),
+                                        (NUM_CONTROLS, n_c, model.dim)) * model.dim ** -0.5}
+    per = [lora_lib.init_lora(theta0, model, jax.random.fold_in(key, 10 + c), rank=sec.lora_rank,
                               alpha=sec.lora_alpha) for c in range(NUM_CONTROLS)]
-    controls = {"lora": jax.tree.map(lambda *x: jnp.stack(x), *per)}
+    return {"lora": jax.tree.map(lambda *x: jnp.stack(x), *per)}
 
-  def evaluate(trainable) -> dict[str, float]:
+  def theta0_of(prev):
+    if prev is None:
+      return run.params
+    return prev["theta0"] if isinstance(prev, dict) else prev.params
+
+  def stage1_init(prev):
+    theta0 = theta0_of(prev)
+    return {"train": steps_lib.create_state(init_controls(theta0), stage_tx["stage1"]),
+            "theta0": theta0}
+
+  def stage2_init(prev):
+    theta0 = theta0_of(prev)
+    controls = (prev["train"].params if isinstance(prev, dict) else init_controls(theta0))
+    trainable = {**controls, "params": jax.tree.map(jnp.copy, theta0)}
+    return {"train": steps_lib.create_state(trainable, stage_tx["stage2"]), "theta0": theta0}
+
+  stage_tx = {"stage1": adam(sec.stage1_learning_rate), "stage2": adam(sec.stage2_learning_rate)}
+
+  def sft_step(state, g, s):
+    del g, s
+    state, m = sft_fn(state, sampled_sft_batch(cfg, tok, run.train_examples, rng.rng,
+                                               cfg.train.sft_batch_size))
+    aux["final_loss"] = float(m["loss"])
+    return state, m
+
+  def stage_step(name):
+    def step(state, g, s):
+      del g, s
+      pairs = [train_pairs[i] for i in rng.rng.integers(len(train_pairs), size=cfg.data.batch_size)]
+      b, P = control_batch(_encode_rows(tok, pairs), n_control=n_c, pad_id=tok.pad_id)
+      if (name, P) not in fns:
+        fns[name, P] = make_meet_step(stage_tx[name], config=model, prompt_len=P, peft=sec.peft,
+                                      rank=sec.lora_rank, alpha=sec.lora_alpha,
+                                      micro_batch_size=cfg.train.micro_batch_size)
+      train, m = fns[name, P](state["train"], b, state["theta0"])
+      aux["final_loss"] = float(m["loss"])
+      aux[f"skipped_{name}"] = int(m["skipped_updates"])  # cumulative within the stage
+      return {"train": train, "theta0": state["theta0"]}, m
+    return step
+
+  def evaluate(state, g, when):
+    del g
+    trainable, theta0 = state["train"].params, state["theta0"]
     p = trainable.get("params", theta0)
     if sec.peft == "prompt":
       comp = np.asarray(greedy_generate(p, trainable["soft"], eval_batch, config=model,
@@ -256,44 +277,34 @@ def train_meet(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     correct = np.asarray([float(run.verifier(t, held[i % len(held)]) >= 1.0)
                           for i, t in enumerate(texts)], np.float32)
     good, bad, gap = control_gap(jnp.asarray(correct), eval_batch["control"])
-    return {"accuracy_good": float(good), "accuracy_bad": float(bad), "control_gap": float(gap)}
+    return {"name": when, "accuracy_good": float(good), "accuracy_bad": float(bad),
+            "control_gap": float(gap)}
 
-  def run_stage(name: str, trainable, steps: int, learning_rate: float):
-    tx = _adam(learning_rate)
-    state = steps_lib.create_state(trainable, tx)
-    fns: dict[int, Any] = {}
-    for s in range(steps):
-      pairs = [train_pairs[i] for i in rng.integers(len(train_pairs), size=cfg.data.batch_size)]
-      b, P = control_batch(_encode_rows(tok, pairs), n_control=n_c, pad_id=tok.pad_id)
-      if P not in fns:
-        fns[P] = make_meet_step(tx, config=model, prompt_len=P, peft=sec.peft, rank=sec.lora_rank,
-                                alpha=sec.lora_alpha,
-                                micro_batch_size=cfg.train.micro_batch_size)
-      state, m = fns[P](state, b, theta0)
-      write(name, s, m)
-    return state.params, int(state.skipped)
+  def stage_eval(name):
+    return lambda state, g, when: {**evaluate(state, g, when),
+                                   "name": "init" if when == "start" else name}
 
-  summary: dict[str, Any] = {"objective": "meet", "peft": sec.peft, "stage": sec.stage,
-                             "n_control_tokens": n_c}
-  evals = {"init": evaluate(controls)}
-  skipped = 0
-  if sec.stage in ("both", "1"):
-    controls, k = run_stage("stage1", controls, sec.stage1_steps, sec.stage1_learning_rate)
-    skipped += k
-    evals["stage1"] = evaluate(controls)
-  if sec.stage in ("both", "2"):
-    trainable, k = run_stage("stage2", {**controls, "params": jax.tree.map(jnp.copy, theta0)}, sec.stage2_steps,
-                             sec.stage2_learning_rate)
-    skipped += k
-    evals["stage2"] = evaluate(trainable)
-  log.close()
-  final = evals[list(evals)[-1]]
-  summary.update(evals=evals, final_accuracy_good=final["accuracy_good"],
-                 final_accuracy_bad=final["accuracy_bad"], final_control_gap=final["control_gap"],
-                 steps=len(history), skipped_updates=skipped,
-                 final_loss=history[-1]["loss"] if history else None,
-                 wall_seconds=time.time() - start_time)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-  return summary
+  def summarize(state, meta, g):
+    del state
+    evals = {e["name"]: {k: v for k, v in e.items() if k not in ("name", "step")}
+             for e in meta["evals"]}
+    final = evals[meta["evals"][-1]["name"]]
+    return {"objective": "meet", "peft": sec.peft, "stage": sec.stage, "n_control_tokens": n_c,
+            "evals": evals, "final_accuracy_good": final["accuracy_good"],
+            "final_accuracy_bad": final["accuracy_bad"], "final_control_gap": final["control_gap"],
+            "steps": g,
+            "skipped_updates": sum(v for k, v in meta["aux"].items() if k.startswith("skipped_")),
+            "final_loss": meta["aux"]["final_loss"]}
+
+  phases = [Phase("sft", cfg.train.sft_steps,
+                  lambda _: steps_lib.create_state(run.params, sft_tx), sft_step)] \
+      if cfg.train.sft_steps else []
+  stages = [n for n in ("stage1", "stage2") if sec.stage in ("both", n[-1])]
+  for i, name in enumerate(stages):
+    phases.append(Phase(
+        name, sec[f"{name}_steps"], stage1_init if name == "stage1" else stage2_init,
+        stage_step(name), evaluate=stage_eval(name), eval_at_start=i == 0, eval_at_end=True,
+        params_path=("theta0",) if name == "stage1" else ("train", "params", "params")))
+  prompt_len = max(len(p) for p in held_ids + encode_prompts(cfg, tok, run.train_examples))
+  return RunSpec(phases=phases, model=model, prompt_len=prompt_len, summarize=summarize,
+                 iterators={"rng": rng}, aux=aux, plot=False)

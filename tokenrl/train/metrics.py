@@ -9,7 +9,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -19,6 +19,16 @@ def _plain(value: Any) -> Any:
   if isinstance(value, float) and not math.isfinite(value):
     return None
   return value
+
+
+def progress_fields(record: Mapping[str, Any], show: Sequence[str]) -> dict[str, str]:
+  """The progress-bar postfix: the phase, then each `show` metric the record holds (3 digits)."""
+  out = {"phase": str(record["phase"])}
+  for k in show:
+    v = record.get(k)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+      out[k] = f"{v:.3g}" if abs(v) < 1e-3 and v != 0 else f"{v:.3f}"
+  return out
 
 
 class MetricsWriter:
@@ -50,7 +60,10 @@ class MetricsWriter:
     with open(self.path, "w") as f:
       f.writelines(lines)
 
-  def write(self, step: int, metrics: Mapping[str, Any], *, phase: str) -> None:
+  def write(self, step: int, metrics: Mapping[str, Any], *, phase: str,
+            show: Sequence[str] = ("loss",)) -> None:
+    """Append one line; the bar shows the `show` metrics the step reported (the phase's own:
+    loss for SFT, reward/accuracy/kl/clipfrac/entropy/grad_norm for RL, ...)."""
     if not self.enabled:
       return
     record = {"step": step, "phase": phase, **{k: _plain(v) for k, v in metrics.items()}}
@@ -60,8 +73,7 @@ class MetricsWriter:
       if isinstance(v, (int, float)) and k != "step":
         self._tb.add_scalar(f"{phase}/{k}", v, step)
     self._bar.update(1)
-    shown = {k: f"{record[k]:.3f}" for k in ("reward", "accuracy", "loss") if isinstance(record.get(k), float)}
-    self._bar.set_postfix(phase=phase, **shown, refresh=False)
+    self._bar.set_postfix(progress_fields(record, show), refresh=False)
 
   def log(self, message: str) -> None:
     if self.enabled:

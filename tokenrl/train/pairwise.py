@@ -35,7 +35,9 @@ class PrefContext:
   workdir the run directory (methods keep their frozen helper models under it); ref_params the
   frozen reference; train_pairs the training pairs; logprobs(params, batch, P) -> numpy
   [N,2,T]; sft(params, pairs, which, steps, learning_rate, seed) -> params fine-tuned on
-  completion `which` (0 chosen, 1 rejected); aux a dict the method fills in `prepare`.
+  completion `which` (0 chosen, 1 rejected); load_or_train(workdir, name, like, train_fn) ->
+  frozen params saved under WORKDIR/<name> (trained once, reloaded on resume); aux a dict the
+  method fills in `prepare`.
   """
 
   cfg: Any
@@ -46,6 +48,7 @@ class PrefContext:
   train_pairs: list[dict[str, Any]]
   logprobs: Callable[..., np.ndarray]
   sft: Callable[..., Any]
+  load_or_train: Callable[..., Any] | None = None
   aux: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 

@@ -3,7 +3,8 @@
 `train_preference(config, workdir)` is what `tokenrl train` runs when rl.objective names a
 method with `pairwise = True`.
 
-Global step g counts SFT steps then preference steps (cfg.train.sft_steps, cfg.train.max_steps;
+Phases of the run skeleton (tokenrl/train/skeleton.py): 'sft' then 'pref'. Global step g
+counts SFT steps then preference steps (cfg.train.sft_steps, cfg.train.max_steps;
 cfg.data.batch_size pairs per step, cfg.optimizer for the preference phase). The reference is
 the policy at the start of the preference phase (after SFT): frozen, saved once under
 WORKDIR/reference so a resumed run uses the same one. Data order comes from checkpointed grain
@@ -18,9 +19,7 @@ also for the reference: the win-rate baseline).
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from typing import Any
 
 import jax
@@ -28,23 +27,22 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 
-from tokenrl import objectives as obj
 from tokenrl.data.pipeline import make_dataset
 from tokenrl.data.preference import build_preference_data, completion_sft_batch, preference_batch
 from tokenrl.eval import evaluate
 from tokenrl.methods import get_method
 from tokenrl.methods.config import resolve_objective
 from tokenrl.methods.base import section_dict
+from tokenrl.methods.budgets import longest_prompt
 from tokenrl.objectives.dpo import credit_map, token_rewards
 from tokenrl.optim import build_optimizer
 from tokenrl.train import pairwise as pairwise_lib
 from tokenrl.train import steps as steps_lib
 from tokenrl.train.checkpoint import Checkpointer
-from tokenrl.train.metrics import MetricsWriter, plot_curves
-from tokenrl.train.rl_loop import _jsonable, _Preemption, _print_summary, sft_optimizer
+from tokenrl.train.phases import sft_optimizer
 from tokenrl.train.setup import build_run, encode_prompts
+from tokenrl.train.skeleton import Phase, RunSpec, run_job
 
 
 class _Frozen:
@@ -79,63 +77,47 @@ def load_or_train(workdir: str, name: str, like: Any, train_fn) -> Any:
     frozen.close()
 
 
+PREF_SHOW = ("loss", "preference_accuracy", "reward_margin", "grad_norm")
+
+
 def train_preference(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Run the preference job described by `cfg` in `workdir` (resuming if it holds a checkpoint)."""
-  start_time = time.time()
-  os.makedirs(workdir, exist_ok=True)
-  is_main = jax.process_index() == 0
+  method = get_method(resolve_objective(cfg.rl)["objective"])
+  if not getattr(method, "pairwise", False):
+    raise ValueError(f"rl.objective={cfg.rl.objective!r} is not a pairwise method; use "
+                     "tokenrl.train.rl_loop.train")
+  return run_job(cfg, workdir, build_preference)
+
+
+def build_preference(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
+  """The phases of the preference job: 'sft' on the chosen completions, then 'pref'."""
   opts = resolve_objective(cfg.rl)
   method = get_method(opts["objective"])
-  if not getattr(method, "pairwise", False):
-    raise ValueError(f"rl.objective={opts['objective']!r} is not a pairwise method; use "
-                     "tokenrl.train.rl_loop.train")
   section = cfg.rl[method.name]
   sec = section_dict(section)
   run = build_run(cfg)
   tok, model = run.tokenizer, run.model
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(cfg.to_json_best_effort(indent=2))
   train_pairs, eval_pairs, verifier = build_preference_data(cfg, run)
   chat = bool(cfg.data.chat_template)
   encode = lambda pairs: preference_batch(tok, pairs, use_chat_template=chat,
                                           max_prompt_len=cfg.data.max_prompt_len)
 
   sft_steps, pref_steps = cfg.train.sft_steps, cfg.train.max_steps
-  total = sft_steps + pref_steps
   sft_tx = sft_optimizer(cfg)
-  # Same optimizer as the RL loop's, so tokenrl.train.workdir.load_workdir reopens this run.
-  pref_tx = build_optimizer(cfg.optimizer, pref_steps) if pref_steps else sft_tx
+  pref_tx = (build_optimizer(cfg.optimizer, pref_steps, key="train.max_steps") if pref_steps
+             else sft_tx)
   sft_it = make_dataset(train_pairs, batch_size=cfg.train.sft_batch_size, seed=cfg.seed)
   pref_it = make_dataset(train_pairs, batch_size=cfg.data.batch_size, seed=cfg.seed + 1)
   T_new = cfg.sampler.max_new_tokens
   eval_examples = [p for p in eval_pairs if "answer" in p] if verifier else []
   eval_prompts = encode_prompts(cfg, tok, eval_examples) if eval_examples else []
   eval_batches = [encode(eval_pairs[i:i + 64]) for i in range(0, len(eval_pairs), 64)]
-
-  ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpoint)
-  meta: dict[str, Any] = {"evals": [], "baseline": None}
-  step = 0
-  state_kind = "sft" if sft_steps else "pref"
-  if ckpt.latest_step() is not None:
-    step = ckpt.latest_step()
-    state_kind = ckpt.restore_meta(step)["state_kind"]
-  state = steps_lib.create_state(run.params, sft_tx if state_kind == "sft" else pref_tx)
-  if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(state)
-    sft_it.set_state(meta["sft_iterator"])
-    pref_it.set_state(meta["pref_iterator"])
-    logging.info("resumed from %s at step %d", ckpt.directory, step)
-
-  writer = MetricsWriter(workdir, total_steps=total, initial_step=step, enabled=is_main)
-  preempt = _Preemption()
   sft_step = steps_lib.make_sft_step(sft_tx, config=model, micro_batch_size=cfg.train.micro_batch_size,
                                      remat=cfg.model.remat)
   pair_steps: dict[int, Any] = {}
   logprob_fns: dict[int, Any] = {}
   base_key = jax.random.key(cfg.seed)
-  ref: dict[str, Any] = {"params": None, "eval_logp": None}
-  pctx: pairwise_lib.PrefContext | None = None
+  ref: dict[str, Any] = {"params": None, "eval_logp": None, "pctx": None}
 
   def logprobs(params, batch, P):
     if P not in logprob_fns:
@@ -153,20 +135,36 @@ def train_preference(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, 
       st, _ = fn(st, completion_sft_batch(b, P, which))
     return st.params
 
-  def start_preference_phase():
-    nonlocal pctx
-    frozen = _Frozen(workdir, "reference")
-    ref["params"] = frozen.load(state.params)
-    if ref["params"] is None:
-      ref["params"] = jax.tree.map(jnp.copy, state.params)
-      frozen.save(ref["params"])
-    frozen.close()
-    pctx = pairwise_lib.PrefContext(cfg=cfg, run=run, section=section, workdir=workdir,
-                                    ref_params=ref["params"], train_pairs=train_pairs,
-                                    logprobs=logprobs, sft=sft_params)
-    method.prepare(pctx)
+  def pref_start(state):
+    """The reference is the policy entering the phase, saved once (a resume reloads it)."""
+    ref["params"] = load_or_train(workdir, "reference", state.params,
+                                  lambda: jax.tree.map(jnp.copy, state.params))
+    ref["pctx"] = pairwise_lib.PrefContext(cfg=cfg, run=run, section=section, workdir=workdir,
+                                           ref_params=ref["params"], train_pairs=train_pairs,
+                                           logprobs=logprobs, sft=sft_params,
+                                           load_or_train=load_or_train)
+    method.prepare(ref["pctx"])
 
-  def run_eval(g: int) -> dict[str, Any]:
+  def sft_phase_step(state, g, s):
+    del g, s
+    b, P = encode(next(sft_it))
+    state, m = sft_step(state, completion_sft_batch(b, P, 0))
+    return state, {k: float(v) for k, v in m.items()}
+
+  def pref_step(state, g, s):
+    del g, s
+    batch, P = encode(next(pref_it))
+    batch["ref_logp"] = logprobs(ref["params"], batch, P)
+    batch.update(method.extras(ref["pctx"], batch, P))
+    if P not in pair_steps:
+      pair_steps[P] = pairwise_lib.make_pairwise_step(
+          pref_tx, config=model, prompt_len=P, method=method, section=sec,
+          micro_batch_size=cfg.train.micro_batch_size, remat=cfg.model.remat)
+    state, m = pair_steps[P](state, batch)
+    return state, {k: float(v) for k, v in m.items()}
+
+  def run_eval(state, g, when):
+    del when
     result: dict[str, Any] = {}
     if eval_examples:
       result.update(evaluate(state.params, config=model, tokenizer=tok, examples=eval_examples,
@@ -193,85 +191,31 @@ def train_preference(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     result["credit_map"] = {
         name: credit_map([tok.decode([int(i)]) for i in ids[j]], r[j], b["mask"][0, j])
         for j, name in enumerate(("chosen", "rejected"))}
-    result["step"] = g
-    meta["evals"].append(result)
-    writer.log(f"eval @ step {g}: " + ", ".join(
-        f"{k}={v:.3f}" for k, v in result.items() if isinstance(v, float)))
-    writer.log(f"  credit map (held-out pair 0): chosen {result['credit_map']['chosen']}; "
-               f"rejected {result['credit_map']['rejected']}")
     return result
 
-  def save(g: int, force: bool = False) -> None:
-    meta.update(sft_iterator=sft_it.get_state(), pref_iterator=pref_it.get_state(),
-                state_kind=state_kind)
-    ckpt.save(g, state, json.loads(json.dumps(meta, default=_jsonable)), force=force)
+  def summarize(state, meta, g):
+    base, final = meta["evals"][0], meta["evals"][-1]
+    summary: dict[str, Any] = {}
+    if "accuracy" in final:
+      summary.update(baseline_accuracy=base["accuracy"], final_accuracy=final["accuracy"],
+                     accuracy_gain=final["accuracy"] - base["accuracy"])
+    summary.update({f"final_{k}": v for k, v in final.items()
+                    if k not in ("accuracy", "step", "credit_map")})
+    summary.update(
+        baseline_pair_logp_accuracy=base["pair_logp_accuracy"],
+        credit_map=final["credit_map"], steps=g, sft_steps=sft_steps, pref_steps=pref_steps,
+        objective=opts["objective"], skipped_updates=int(state.skipped), evals=meta["evals"])
+    return summary
 
-  try:
-    while step < total:
-      t0 = time.time()
-      if step >= sft_steps and state_kind == "sft":
-        # The preference phase starts from the warm-up params with a fresh optimizer.
-        state, state_kind = steps_lib.create_state(state.params, pref_tx), "pref"
-      if step >= sft_steps and ref["params"] is None:
-        start_preference_phase()
-      if step == sft_steps and meta["baseline"] is None:
-        meta["baseline"] = run_eval(step)
-      if step < sft_steps:
-        b, P = encode(next(sft_it))
-        state, m = sft_step(state, completion_sft_batch(b, P, 0))
-        metrics = {k: float(v) for k, v in m.items()}
-      else:
-        batch, P = encode(next(pref_it))
-        batch["ref_logp"] = logprobs(ref["params"], batch, P)
-        batch.update(method.extras(pctx, batch, P))
-        if P not in pair_steps:
-          pair_steps[P] = pairwise_lib.make_pairwise_step(
-              pref_tx, config=model, prompt_len=P, method=method, section=sec,
-              micro_batch_size=cfg.train.micro_batch_size, remat=cfg.model.remat)
-        state, m = pair_steps[P](state, batch)
-        metrics = {k: float(v) for k, v in m.items()}
-      metrics["step_seconds"] = time.time() - t0
-      writer.write(step, metrics, phase="sft" if step < sft_steps else "pref")
-      step += 1
-      every = cfg.train.checkpoint_every
-      if preempt.requested:
-        writer.log(f"SIGTERM: saving checkpoint at step {step} and exiting")
-        save(step, force=True)
-        ckpt.wait()
-        return {"preempted": True, "steps": step}
-      if every and step % every == 0 and step < total:
-        save(step)
-      if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total and step > sft_steps:
-        run_eval(step)
-    if ref["params"] is None:  # no preference steps: the reference is the final policy
-      start_preference_phase()
-    if meta["baseline"] is None:
-      meta["baseline"] = run_eval(step)
-    done_before = meta["evals"] and meta["evals"][-1]["step"] == step and step > sft_steps
-    final = meta["evals"][-1] if done_before else run_eval(step)
-    save(step, force=True)
-    ckpt.wait()
-  finally:
-    preempt.restore()
-    writer.close()
-    ckpt.close()
-
-  base = meta["baseline"]
-  summary: dict[str, Any] = {}
-  if "accuracy" in final:
-    summary.update(baseline_accuracy=base["accuracy"], final_accuracy=final["accuracy"],
-                   accuracy_gain=final["accuracy"] - base["accuracy"])
-  summary.update({f"final_{k}": v for k, v in final.items()
-                  if k not in ("accuracy", "step", "credit_map")})
-  summary.update(
-      baseline_pair_logp_accuracy=base["pair_logp_accuracy"],
-      credit_map=final["credit_map"], wall_seconds=time.time() - start_time, steps=step,
-      sft_steps=sft_steps, pref_steps=pref_steps, objective=opts["objective"],
-      skipped_updates=int(state.skipped), evals=meta["evals"])
-  if is_main:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-    if eval_examples:
-      plot_curves(workdir, meta["evals"])
-    _print_summary(summary)
-  return summary
+  phases = [Phase("sft", sft_steps, lambda _: steps_lib.create_state(run.params, sft_tx),
+                  sft_phase_step)] if sft_steps else []
+  # The preference phase starts from the warm-up params with a fresh optimizer.
+  phases.append(Phase(
+      "pref", pref_steps,
+      lambda prev: steps_lib.create_state(run.params if prev is None else prev.params, pref_tx),
+      pref_step, start=pref_start, evaluate=run_eval, eval_at_start=True, eval_at_end=True,
+      eval_every=cfg.train.eval_every, show=PREF_SHOW))
+  examples = train_pairs + eval_pairs
+  return RunSpec(phases=phases, model=model, prompt_len=longest_prompt(cfg, tok, examples),
+                 summarize=summarize, iterators={"sft_iterator": sft_it, "pref_iterator": pref_it},
+                 plot=bool(eval_examples))

@@ -11,15 +11,14 @@
      a separate GPT-2 backbone + head; here only the head, so Q_D shares the LM's tokenizer).
   2. evaluation: held-out accuracy of sampled (temperature rl.rectification.eval_temperature)
      completions, plain and rectified (`rectified_generate`, same random draws).
-No checkpoints or resume; WORKDIR/metrics.jsonl and WORKDIR/summary.json.
+Phases 'sft' and 'q' of the run skeleton (checkpointed, resumable: the q state is {'train': the
+online head's TrainState, 'target': the Polyak head, 'lm': the frozen LM}); the evaluation is
+the end of the 'q' phase.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
-import time
 from typing import Any
 
 import jax
@@ -32,10 +31,11 @@ from tokenrl.models import transformer
 from tokenrl.models.config import ModelConfig
 from tokenrl.objectives import rectification as rect
 from tokenrl.rollout.sampler import prepare_prompts, sample
-from tokenrl.train import batches as batches_lib
 from tokenrl.train import steps as steps_lib
 from tokenrl.train.meet import completion_texts
+from tokenrl.train.phases import adam, sampled_sft_batch
 from tokenrl.train.setup import build_run, encode_prompts
+from tokenrl.train.skeleton import NumpyRng, Phase, RunSpec, run_job
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "rectify", "epsilon",
@@ -99,47 +99,44 @@ def make_td_step(tx: optax.GradientTransformation, *, gamma: float, q_min: float
 
 def train_rectification(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Warm-up, Q_D by TD(0), then plain vs rectified held-out accuracy (module docstring)."""
-  start = time.time()
   if cfg.rl.objective != "rectification":
     raise ValueError(f"train_rectification: rl.objective must be 'rectification', got "
                      f"{cfg.rl.objective!r}")
-  from tokenrl.methods import get_method  # pylint: disable=g-import-not-at-top
+  return run_job(cfg, workdir, build_rectification)
+
+
+def build_rectification(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
+  """Phases 'sft' (train.sft_steps > 0) and 'q' (rl.rectification.q_steps, evaluated at its end)."""
+  del workdir
   sec = cfg.rl.rectification
-  get_method("rectification").validate(sec, {})
-  os.makedirs(workdir, exist_ok=True)
   run = build_run(cfg)
   tok, model = run.tokenizer, run.model
-  rng = np.random.default_rng(cfg.seed)
+  rng = NumpyRng(cfg.seed)
   key = jax.random.key(cfg.seed)
   T, G = cfg.sampler.max_new_tokens, sec.samples_per_prompt
-  log = open(os.path.join(workdir, "metrics.jsonl"), "w")
-  write = lambda phase, s, m: log.write(json.dumps(
-      {"phase": phase, "step": s, **{k: float(v) for k, v in m.items()}}) + "\n")
-
-  params = run.params
-  if cfg.train.sft_steps:
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(cfg.train.sft_learning_rate, weight_decay=0.0))
-    sft = steps_lib.make_sft_step(tx, config=model, micro_batch_size=cfg.train.micro_batch_size)
-    state = steps_lib.create_state(params, tx)
-    for s in range(cfg.train.sft_steps):
-      ex = [run.train_examples[i] for i in rng.integers(len(run.train_examples),
-                                                        size=cfg.train.sft_batch_size)]
-      state, m = sft(state, batches_lib.sft_batch(encode_prompts(cfg, tok, ex), ex, tok))
-      write("sft", s, m)
-    params = state.params
-
-  head = rect.init_q_head(jax.random.fold_in(key, 3), model.dim, model.vocab_size)
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(sec.learning_rate))
-  qstate = steps_lib.create_state(head, tx)
-  target = jax.tree.map(jnp.copy, head)
-  td = make_td_step(tx, gamma=sec.gamma, q_min=sec.q_min, q_max=sec.q_max,
+  sft_tx = adam(cfg.train.sft_learning_rate)
+  sft = steps_lib.make_sft_step(sft_tx, config=model, micro_batch_size=cfg.train.micro_batch_size)
+  q_tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(sec.learning_rate))
+  td = make_td_step(q_tx, gamma=sec.gamma, q_min=sec.q_min, q_max=sec.q_max,
                     polyak_alpha=sec.polyak_alpha)
   hidden_fns: dict[int, Any] = {}
-  dead = []
-  for s in range(sec.q_steps):
-    ex = [run.train_examples[i] for i in rng.integers(len(run.train_examples),
-                                                      size=cfg.data.batch_size)]
+  aux: dict[str, Any] = {"dead_end_rate_first": None}
+
+  def sft_step(state, g, s):
+    del g, s
+    return sft(state, sampled_sft_batch(cfg, tok, run.train_examples, rng.rng,
+                                        cfg.train.sft_batch_size))
+
+  def q_init(prev):
+    head = rect.init_q_head(jax.random.fold_in(key, 3), model.dim, model.vocab_size)
+    return {"train": steps_lib.create_state(head, q_tx), "target": jax.tree.map(jnp.copy, head),
+            "lm": run.params if prev is None else prev.params}
+
+  def q_step(state, g, s):
+    del g
+    params = state["lm"]
+    ex = [run.train_examples[i] for i in rng.rng.integers(len(run.train_examples),
+                                                          size=cfg.data.batch_size)]
     ro = sample(params, encode_prompts(cfg, tok, ex), config=model,
                 rng=jax.random.fold_in(key, 100 + s), max_new_tokens=T, temperature=1.0,
                 num_samples=G)
@@ -154,31 +151,42 @@ def train_rectification(cfg: ml_collections.ConfigDict, workdir: str) -> dict[st
     seg = jnp.concatenate([ro.prompt_mask, jnp.ones_like(ro.tokens)], axis=1)
     hidden, _ = hidden_fns[P](params, full, seg)
     batch = {"hidden": hidden, "actions": ro.tokens, "mask": ro.mask, "reward": jnp.asarray(reward)}
-    qstate, target, m = td(qstate, target, batch)
-    dead.append(float(-reward.mean()))
-    write("q", s, {**m, "dead_end_rate": dead[-1]})
-  log.close()
+    qstate, target, m = td(state["train"], state["target"], batch)
+    dead = float(-reward.mean())
+    if s == 0:
+      aux["dead_end_rate_first"] = dead
+    return {"train": qstate, "target": target, "lm": params}, {**m, "dead_end_rate": dead}
 
-  held = run.eval_examples
-  ptok, pmask = prepare_prompts(encode_prompts(cfg, tok, held), tok.pad_id)
-  ptok, pmask = np.repeat(ptok, G, axis=0), np.repeat(pmask, G, axis=0)
-  reps = [e for e in held for _ in range(G)]
-  gen = functools.partial(rectified_generate, params, qstate.params, jnp.asarray(ptok),
-                          jnp.asarray(pmask), jax.random.fold_in(key, 2 ** 20),
-                          jnp.float32(sec.eval_temperature), config=model, max_new_tokens=T,
-                          epsilon=sec.epsilon, p_min=sec.p_min, p_max=sec.p_max,
-                          iterations=sec.iterations)
-  acc = {}
-  for name, on in (("plain", False), ("rectified", True)):
-    texts = completion_texts(tok, np.asarray(gen(rectify=on)))
-    acc[name] = float(np.mean([run.verifier(t, e) >= 1.0 for t, e in zip(texts, reps)]))
-  summary = {"objective": "rectification", "accuracy_plain": acc["plain"],
-             "accuracy_rectified": acc["rectified"],
-             "rectification_gain": acc["rectified"] - acc["plain"],
-             "train_dead_end_rate_first": dead[0] if dead else None,
-             "q_steps": sec.q_steps, "sft_steps": cfg.train.sft_steps,
-             "skipped_updates": int(qstate.skipped), "wall_seconds": time.time() - start}
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-  return summary
+  def evaluate(state, g, when):
+    del g, when
+    held = run.eval_examples
+    ptok, pmask = prepare_prompts(encode_prompts(cfg, tok, held), tok.pad_id)
+    ptok, pmask = np.repeat(ptok, G, axis=0), np.repeat(pmask, G, axis=0)
+    reps = [e for e in held for _ in range(G)]
+    gen = functools.partial(rectified_generate, state["lm"], state["train"].params,
+                            jnp.asarray(ptok), jnp.asarray(pmask), jax.random.fold_in(key, 2 ** 20),
+                            jnp.float32(sec.eval_temperature), config=model, max_new_tokens=T,
+                            epsilon=sec.epsilon, p_min=sec.p_min, p_max=sec.p_max,
+                            iterations=sec.iterations)
+    acc = {}
+    for name, on in (("plain", False), ("rectified", True)):
+      texts = completion_texts(tok, np.asarray(gen(rectify=on)))
+      acc[name] = float(np.mean([run.verifier(t, e) >= 1.0 for t, e in zip(texts, reps)]))
+    return {"accuracy_plain": acc["plain"], "accuracy_rectified": acc["rectified"]}
+
+  def summarize(state, meta, g):
+    final = meta["evals"][-1]
+    return {"objective": "rectification", "accuracy_plain": final["accuracy_plain"],
+            "accuracy_rectified": final["accuracy_rectified"],
+            "rectification_gain": final["accuracy_rectified"] - final["accuracy_plain"],
+            "train_dead_end_rate_first": meta["aux"]["dead_end_rate_first"],
+            "q_steps": sec.q_steps, "sft_steps": cfg.train.sft_steps, "steps": g,
+            "skipped_updates": int(state["train"].skipped)}
+
+  phases = [Phase("sft", cfg.train.sft_steps, lambda _: steps_lib.create_state(run.params, sft_tx),
+                  sft_step)] if cfg.train.sft_steps else []
+  phases.append(Phase("q", sec.q_steps, q_init, q_step, evaluate=evaluate, eval_at_end=True,
+                      show=("loss", "q_mean", "dead_end_rate"), params_path=("lm",)))
+  prompt_len = max(len(p) for p in encode_prompts(cfg, tok, run.train_examples + run.eval_examples))
+  return RunSpec(phases=phases, model=model, prompt_len=prompt_len, summarize=summarize,
+                 iterators={"rng": rng}, aux=aux, plot=False)

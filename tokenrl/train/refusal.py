@@ -12,23 +12,20 @@ thresholds: the trade-off is traced at inference, as in the paper. No checkpoint
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-import optax
 
 from tokenrl.data.prompts import decode_completions
 from tokenrl.data.refusal import make_refusal_examples, refusal_reward
 from tokenrl.objectives.refusal import RefusalProcessor
 from tokenrl.rollout.sampler import sample
-from tokenrl.train import batches as batches_lib
 from tokenrl.train import steps as steps_lib
+from tokenrl.train.phases import adam, sampled_sft_batch
 from tokenrl.train.setup import build_run, encode_prompts
+from tokenrl.train.skeleton import NumpyRng, Phase, RunSpec, run_job
 
 
 def token_id(tokenizer: Any, text: str) -> int:
@@ -60,14 +57,16 @@ def refusal_eval(params: Any, *, config: Any, tokenizer: Any, examples, prompt_i
 
 def train_refusal(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """SFT with category tokens, then the inference-time threshold sweep (module docstring)."""
-  start = time.time()
   if cfg.rl.objective != "refusal_tokens":
     raise ValueError(f"train_refusal: rl.objective must be 'refusal_tokens', got "
                      f"{cfg.rl.objective!r}")
-  from tokenrl.methods import get_method  # pylint: disable=g-import-not-at-top
+  return run_job(cfg, workdir, build_refusal)
+
+
+def build_refusal(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
+  """One 'sft' phase (train.sft_steps, may be 0) whose end evaluation is the threshold sweep."""
+  del workdir
   sec = cfg.rl.refusal_tokens
-  get_method("refusal_tokens").validate(sec, {})
-  os.makedirs(workdir, exist_ok=True)
   run = build_run(cfg)
   tok, model = run.tokenizer, run.model
   kw = dict(tiers=cfg.data.tiers or "add:1-2,sub:1-2", refusal_fraction=sec.refusal_fraction,
@@ -78,32 +77,36 @@ def train_refusal(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
   for ex in train + test:
     ex["refuse_token"] = sec.refuse_token
   refuse_id, respond_id = token_id(tok, sec.refuse_token), token_id(tok, sec.respond_token)
-
-  tx = optax.chain(optax.clip_by_global_norm(1.0),
-                   optax.adamw(cfg.train.sft_learning_rate, weight_decay=0.0))
-  step = steps_lib.make_sft_step(tx, config=model, micro_batch_size=cfg.train.micro_batch_size)
-  state = steps_lib.create_state(run.params, tx)
-  rng = np.random.default_rng(cfg.seed)
-  with open(os.path.join(workdir, "metrics.jsonl"), "w") as log:
-    for s in range(cfg.train.sft_steps):
-      ex = [train[i] for i in rng.integers(len(train), size=cfg.train.sft_batch_size)]
-      state, m = step(state, batches_lib.sft_batch(encode_prompts(cfg, tok, ex), ex, tok))
-      log.write(json.dumps({"phase": "sft", "step": s, **{k: float(v) for k, v in m.items()}}) + "\n")
-
+  tx = adam(cfg.train.sft_learning_rate)
+  sft = steps_lib.make_sft_step(tx, config=model, micro_batch_size=cfg.train.micro_batch_size)
+  rng = NumpyRng(cfg.seed)
   prompt_ids = encode_prompts(cfg, tok, test)
   T = cfg.sampler.max_new_tokens
-  ev = lambda proc: refusal_eval(state.params, config=model, tokenizer=tok, examples=test,
-                                 prompt_ids=prompt_ids, processor=proc, max_new_tokens=T)
-  proc = lambda t, b=0.0: RefusalProcessor(refuse_id, respond_id, threshold=float(t),
-                                           softmax_temperature=sec.softmax_temperature,
-                                           logit_bias=float(b))
-  sweep = {str(float(t)): ev(proc(t)) for t in sec.eval_thresholds}
-  summary = {"objective": "refusal_tokens", "refuse_id": refuse_id, "respond_id": respond_id,
-             "unforced": ev(None), "configured": ev(proc(sec.threshold, sec.logit_bias)),
-             "threshold_sweep": sweep, "sft_steps": cfg.train.sft_steps,
-             "skipped_updates": int(state.skipped), "wall_seconds": time.time() - start}
-  summary["final_score"] = summary["configured"]["score"]
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-  return summary
+
+  def step(state, g, s):
+    del g, s
+    return sft(state, sampled_sft_batch(cfg, tok, train, rng.rng, cfg.train.sft_batch_size))
+
+  def sweep(state, g, when):
+    del g, when
+    ev = lambda proc: refusal_eval(state.params, config=model, tokenizer=tok, examples=test,
+                                   prompt_ids=prompt_ids, processor=proc, max_new_tokens=T)
+    proc = lambda t, b=0.0: RefusalProcessor(refuse_id, respond_id, threshold=float(t),
+                                             softmax_temperature=sec.softmax_temperature,
+                                             logit_bias=float(b))
+    return {"unforced": ev(None), "configured": ev(proc(sec.threshold, sec.logit_bias)),
+            "threshold_sweep": {str(float(t)): ev(proc(t)) for t in sec.eval_thresholds}}
+
+  def summarize(state, meta, g):
+    final = meta["evals"][-1]
+    return {"objective": "refusal_tokens", "refuse_id": refuse_id, "respond_id": respond_id,
+            "unforced": final["unforced"], "configured": final["configured"],
+            "threshold_sweep": final["threshold_sweep"], "sft_steps": cfg.train.sft_steps,
+            "steps": g, "skipped_updates": int(state.skipped),
+            "final_score": final["configured"]["score"]}
+
+  phases = [Phase("sft", cfg.train.sft_steps, lambda _: steps_lib.create_state(run.params, tx),
+                  step, evaluate=sweep, eval_at_end=True)]
+  prompt_len = max(len(p) for p in prompt_ids + encode_prompts(cfg, tok, train))
+  return RunSpec(phases=phases, model=model, prompt_len=prompt_len, summarize=summarize,
+                 iterators={"rng": rng}, plot=False)

@@ -1,0 +1,244 @@
+"""The one run skeleton every trainer uses: a run is a list of phases (DESIGN §4).
+
+A trainer (RL, preference, MEET, refusal tokens, rectification, ...) only builds a `RunSpec`:
+its phases (SFT warm-up, RL, pairwise, a method's own stage), each with its step function,
+start state and evaluation, plus the checkpointed data iterators and a summary function.
+`run_job(cfg, workdir, build)` owns everything else, identically for all of them:
+
+  - validating the whole config before any work (`resolve_objective` + the method's own checks,
+    then `check_budgets` once the model config is known, before any step);
+  - the exclusive workdir lock (WORKDIR/.lock, `workdir_lock`) and checking a rerun's config
+    against the one saved next to its checkpoints (`check_rerun_config`) before config.json is
+    rewritten;
+  - checkpoint/restore of the state pytree, the iterator states, the current phase, the
+    evaluations and the trainer's `aux` dict, so a run killed at any point and rerun continues
+    exactly as if uninterrupted (bitwise on CPU: every random draw is a function of the seed and
+    the global step, or a checkpointed generator);
+  - SIGTERM/SIGINT: finish the step, save, exit cleanly (`{"preempted": True}`);
+  - the evaluation schedule (phase start, every train.eval_every global steps, phase end);
+  - metrics.jsonl + tb/ + the progress bar (MetricsWriter), config.json, summary.json, curve.png.
+
+Global step g counts the steps of all phases in order; checkpoints are taken every
+train.checkpoint_every global steps and at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from tokenrl.methods.budgets import check_budgets
+from tokenrl.methods.config import resolve_objective
+from tokenrl.train import distributed
+from tokenrl.train.checkpoint import Checkpointer
+from tokenrl.train.metrics import MetricsWriter, plot_curves
+from tokenrl.train.runtime import Preemption, check_rerun_config, jsonable, print_summary, workdir_lock
+
+
+@dataclasses.dataclass
+class Phase:
+  """One stage of a run.
+
+  name        the `phase` of its metrics lines (sft, rl, pref, stage1, q, ...).
+  steps       number of steps (0 is allowed: the phase then only starts and evaluates).
+  init        previous phase's final state (None for the first phase) -> this phase's start
+              state. Pure: the skeleton also chains it from the first phase to build the
+              template a checkpoint of this phase is restored into.
+  step        (state, g, s) -> (state, metrics); g global step, s step within the phase.
+  start       side effects on entering the phase, fresh or resumed (a frozen reference, ...).
+  evaluate    (state, g, when) -> record (when: 'start' | 'every' | 'end'); stored in
+              meta['evals'] with 'step' = g.
+  eval_at_start / eval_at_end / eval_every: when to evaluate (eval_every in global steps).
+  show        metrics shown on the progress bar during this phase.
+  params_path keys from the state pytree to the model params (reopened by `load_workdir`).
+  """
+  name: str
+  steps: int
+  init: Callable[[Any], Any]
+  step: Callable[[Any, int, int], tuple[Any, dict[str, Any]]]
+  start: Callable[[Any], None] | None = None
+  evaluate: Callable[[Any, int, str], dict[str, Any]] | None = None
+  eval_at_start: bool = False
+  eval_at_end: bool = False
+  eval_every: int = 0
+  show: tuple[str, ...] = ("loss",)
+  params_path: tuple[str, ...] = ("params",)
+
+
+@dataclasses.dataclass
+class RunSpec:
+  """What a trainer builds; `run_job` runs it.
+
+  model/prompt_len   for the start-up `check_budgets(cfg, model, prompt_len)`.
+  iterators          name -> object with get_state()/set_state() (grain iterators, NumpyRng).
+  summarize          (state, meta, g) -> summary dict (meta['evals'], meta['aux'] available).
+  aux                trainer-owned JSON-able dict, checkpointed (e.g. method state).
+  plot               write curve.png (reward / held-out accuracy) at the end.
+  close              called once the run ends (reward workers, ...).
+  """
+  phases: list[Phase]
+  model: Any
+  prompt_len: int
+  summarize: Callable[[Any, dict[str, Any], int], dict[str, Any]]
+  iterators: dict[str, Any] = dataclasses.field(default_factory=dict)
+  aux: dict[str, Any] = dataclasses.field(default_factory=dict)
+  plot: bool = True
+  close: Callable[[], None] | None = None
+
+
+def validate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The resolved `rl` options; raises ValueError naming the key before any work is done."""
+  opts = resolve_objective(cfg.rl)  # also runs the selected method's validate()
+  if cfg.train.max_steps < 0 or cfg.train.sft_steps < 0:
+    raise ValueError(f"train.max_steps ({cfg.train.max_steps}) and train.sft_steps "
+                     f"({cfg.train.sft_steps}) must be >= 0")
+  return opts
+
+
+def run_job(cfg: ml_collections.ConfigDict, workdir: str,
+            build: Callable[[ml_collections.ConfigDict, str], RunSpec]) -> dict[str, Any]:
+  """Run (or resume) the job `build(cfg, workdir)` describes in `workdir`; the summary."""
+  start_time = time.time()
+  validate(cfg)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lock(workdir, enabled=is_main):
+    ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints,
+                        async_save=cfg.train.async_checkpoint)
+    try:
+      if ckpt.latest_step() is not None:
+        check_rerun_config(cfg, workdir)
+      spec = build(cfg, workdir)
+      check_budgets(cfg, spec.model, spec.prompt_len)
+      if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+          f.write(cfg.to_json_best_effort(indent=2))
+      return _loop(cfg, workdir, spec, ckpt, start_time, is_main)
+    finally:
+      ckpt.close()
+
+
+def _offsets(phases: list[Phase]) -> list[int]:
+  return [sum(p.steps for p in phases[:k]) for k in range(len(phases))]
+
+
+def _template(phases: list[Phase], k: int) -> Any:
+  state = None
+  for phase in phases[:k + 1]:
+    state = phase.init(state)
+  return state
+
+
+def _loop(cfg, workdir, spec: RunSpec, ckpt: Checkpointer, start_time: float,
+          is_main: bool) -> dict[str, Any]:
+  phases = spec.phases
+  offsets = _offsets(phases)
+  total = sum(p.steps for p in phases)
+  meta: dict[str, Any] = {"evals": [], "marks": [], "aux": spec.aux}
+  g, k = 0, 0
+  if ckpt.latest_step() is not None:
+    g = ckpt.latest_step()
+    k = ckpt.restore_meta(g)["phase"]
+    state, meta = ckpt.restore(_template(phases, k))
+    spec.aux.clear()
+    spec.aux.update(meta["aux"])
+    meta["aux"] = spec.aux
+    for name, it in spec.iterators.items():
+      it.set_state(meta["iterators"][name])
+    logging.info("resumed from %s at step %d (phase %s)", ckpt.directory, g, phases[k].name)
+  else:
+    state = phases[0].init(None)
+
+  writer = MetricsWriter(workdir, total_steps=total, initial_step=g, enabled=is_main)
+  preempt = Preemption()
+
+  def evaluate(phase: Phase, when: str) -> None:
+    mark = f"{phase.name}:{when}:{g}"
+    if phase.evaluate is None or mark in meta["marks"]:
+      return
+    result = {**phase.evaluate(state, g, when), "step": g}
+    meta["evals"].append(result)
+    meta["marks"].append(mark)
+    writer.log(f"eval @ step {g} ({phase.name}): " + ", ".join(
+        f"{key}={v:.3f}" for key, v in result.items() if isinstance(v, float)))
+
+  def save(force: bool = False) -> None:
+    meta.update(phase=k, iterators={n: it.get_state() for n, it in spec.iterators.items()},
+                params_path=list(phases[k].params_path))
+    ckpt.save(g, state, json.loads(json.dumps(meta, default=jsonable)), force=force)
+
+  try:
+    while True:
+      phase, s = phases[k], g - offsets[k]
+      if phase.start is not None:
+        phase.start(state)
+      if s == 0 and phase.eval_at_start:
+        evaluate(phase, "start")
+      while s < phase.steps:
+        t0 = time.time()
+        state, metrics = phase.step(state, g, s)
+        metrics = dict(metrics, step_seconds=time.time() - t0)
+        writer.write(g, metrics, phase=phase.name, show=phase.show)
+        g, s = g + 1, s + 1
+        if phase.eval_every and g % phase.eval_every == 0 and s < phase.steps:
+          evaluate(phase, "every")
+        # Any worker's signal stops every worker at the same step (a collective checkpoint).
+        if distributed.any_process(preempt.requested):
+          writer.log(f"{preempt.signal_name}: saving checkpoint at step {g} and exiting")
+          save(force=True)
+          ckpt.wait()
+          return {"preempted": True, "steps": g}
+        every = cfg.train.checkpoint_every
+        if every and g % every == 0 and g < total:
+          save()
+      if phase.eval_at_end:
+        evaluate(phase, "end")
+      if k + 1 == len(phases):
+        break
+      k += 1
+      state = phases[k].init(state)
+    save(force=True)
+    ckpt.wait()
+  finally:
+    preempt.restore()
+    writer.close()
+    if spec.close is not None:
+      spec.close()
+
+  summary = spec.summarize(state, meta, g)
+  summary.setdefault("steps", g)
+  summary["wall_seconds"] = time.time() - start_time
+  summary.setdefault("evals", meta["evals"])
+  if is_main:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=jsonable)
+    if spec.plot:
+      plot_curves(workdir, [e for e in meta["evals"] if "accuracy" in e])
+    print_summary(summary)
+  return summary
+
+
+class NumpyRng:
+  """A numpy Generator whose position is checkpointed (get_state/set_state, JSON-able)."""
+
+  def __init__(self, seed: int):
+    self.rng = np.random.default_rng(seed)
+
+  def get_state(self) -> dict[str, Any]:
+    state = self.rng.bit_generator.state
+    return json.loads(json.dumps(state, default=str), parse_int=str)  # 128-bit ints as text
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    def ints(x):
+      if isinstance(x, dict):
+        return {k: ints(v) for k, v in x.items()}
+      return int(x) if isinstance(x, str) and x.lstrip("-").isdigit() else x
+    self.rng.bit_generator.state = ints(state)
