@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 stamp=.venv/.tokenrl-installed
-want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml setup.py | sha256sum | cut -c1-16)  # the files the install reads
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[dev.sh] creating .venv (CPU JAX, CPU torch for the parity tests)" >&2
   "$PY" -m venv .venv

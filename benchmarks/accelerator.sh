@@ -6,11 +6,12 @@
 #
 # Steps, each under its own `timeout` and all under one deadline (ACCEL_TOTAL_S, default 460 s):
 #   setup    carried wheels in .whl/ -> /tmp/site (PYTHONPATH); tokenrl installed editable
-#            (pip -e, offline) or, failing that, a symlinked tree /tmp/tokenrl_tree/tokenrl with
-#            kernels/ as tokenrl/kernels (PYTHONSAFEPATH=1, pytest --import-mode=importlib).
+#            (pip -e, offline) or, failing that, a symlinked tree /tmp/tokenrl_tree/tokenrl
+#            (PYTHONSAFEPATH=1, pytest --import-mode=importlib); tokenrl/kernels/__init__.py finds
+#            the kernel modules in the repo's kernels/ through the links.
 #   env      nvidia-smi, python/jax/jaxlib versions, jax.devices(), package versions.
 #   tests    pytest tests/kernels -m gpu (the TestOnAccelerator classes), JAX_PLATFORMS=cuda.
-#   kernels  benchmarks/kernels.py --quick (kernel vs XLA, achieved vs copy bandwidth).
+#   kernels  benchmarks/kernel_bench.py --quick (kernel vs XLA, achieved vs copy bandwidth).
 #   tokenselect  benchmarks/tokenselect.py (TokenSelect vs full decode attention and decode
 #            tokens/s at 128k/64k/32k context, vs the memory floor; $OUT/tokenselect.json).
 #   model    benchmarks/model_gpu.py (matmul/copy ceilings, train-step MFU, decode vs the memory
@@ -79,9 +80,9 @@ setup() {
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
-  # tokenrl.kernels lives in kernels/ (pyproject package-dir), so the repo root alone does not
-  # import it: on the (throwaway) GPU machine, install editable, offline, as a user would. Never
-  # in --cpu-smoke mode: that runs in a developer's environment, which it must not touch.
+  # On the (throwaway) GPU machine, install editable, offline, as a user would (the repo root
+  # alone also imports tokenrl.kernels, but not from `cd /`). Never in --cpu-smoke mode: that
+  # runs in a developer's environment, which it must not touch.
   if [[ $SMOKE == 0 && -z "${ACCEL_FORCE_TREE:-}" ]] &&
     ! (cd / && "$PY" -c "import tokenrl.kernels") 2>/dev/null; then
     "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -3
@@ -89,8 +90,10 @@ setup() {
   if [[ -n "${ACCEL_FORCE_TREE:-}" ]] || ! (cd / && "$PY" -c "import tokenrl.kernels") 2>/dev/null; then
     echo "editable install unavailable: symlinked tree /tmp/tokenrl_tree"
     rm -rf /tmp/tokenrl_tree && mkdir -p /tmp/tokenrl_tree/tokenrl
+    # tokenrl/kernels is linked with the rest; its __init__ resolves the link and adds the
+    # repo's kernels/ folder (which has no __init__.py: it must never shadow the `kernels`
+    # distribution that transformers imports).
     ln -s "$REPO"/tokenrl/* /tmp/tokenrl_tree/tokenrl/
-    ln -s "$REPO/kernels" /tmp/tokenrl_tree/tokenrl/kernels
     export PYTHONPATH=/tmp/tokenrl_tree${PYTHONPATH:+:$PYTHONPATH}
     # Keep the repo root (cwd, pytest's rootdir) off sys.path so tokenrl comes from the tree.
     export PYTHONSAFEPATH=1 PYTEST_ADDOPTS="--import-mode=importlib ${PYTEST_ADDOPTS:-}"
@@ -136,14 +139,14 @@ main() {
   step env 60 bash -c env_report
   if [[ $SMOKE == 1 ]]; then
     step tests 90 "$PY" -m pytest tests/kernels -q -m gpu -p no:cacheprovider
-    step kernels 150 "$PY" benchmarks/kernels.py --cpu --quick
+    step kernels 150 "$PY" benchmarks/kernel_bench.py --cpu --quick
     step tokenselect 90 "$PY" benchmarks/tokenselect.py --cpu-smoke --budget-s 60 \
       --json "$RESULTS/tokenselect.json"
     local cap=$(($(left) - 10))
     step model "$cap" "$PY" benchmarks/model_gpu.py --cpu-smoke --budget-s $((cap - 20)) --json "$MODEL_JSON"
   else
     step tests 90 "$PY" -m pytest tests/kernels -q -m gpu -p no:cacheprovider
-    step kernels 120 "$PY" benchmarks/kernels.py --quick
+    step kernels 120 "$PY" benchmarks/kernel_bench.py --quick
     step tokenselect 130 "$PY" benchmarks/tokenselect.py --budget-s 100 \
       --json "$RESULTS/tokenselect.json"
     local cap=$(($(left) - 10))

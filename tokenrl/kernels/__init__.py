@@ -1,4 +1,5 @@
-"""Pallas kernels, installed under the import name ``tokenrl.kernels``.
+"""Pallas kernels, imported as ``tokenrl.kernels``; their modules live in the repo's top-level
+``kernels/`` folder.
 
 Each module holds a kernel body, a validating wrapper (custom_vjp, block sizes, ``interpret``
 flag) and a ``*_reference`` written in plain jnp.
@@ -11,7 +12,26 @@ flag) and a ``*_reference`` written in plain jnp.
 
 Every public kernel takes ``impl='auto'|'pallas'|'jnp'`` ('xla' = 'jnp'; auto = Pallas on GPU/TPU,
 jnp elsewhere) and ``interpret=None`` (interpret when Pallas runs on CPU).
+
+Where the modules come from. ``kernels`` is also the import name of Hugging Face's kernel-hub
+distribution, which transformers >= 5 imports at start-up, so the top-level ``kernels/`` folder
+has no ``__init__.py``: from the repo root (tests, benchmarks, notebooks, scripts) it is at most a
+namespace portion, and any regular ``kernels`` package on ``sys.path`` wins over it. This file is
+the package: in a source tree or an editable install it appends ``<repo>/kernels`` to
+``__path__``; a built wheel already holds the modules here (setup.py's ``build_py`` copies them).
 """
+import os as _os
+
+# A wheel ships logprobs.py next to this file; a source tree / editable install does not. Resolve
+# symlinks so a linked tree (benchmarks/accelerator.sh) still finds the repo. Never append a
+# folder without our modules (in site-packages, `../../kernels` is the Hugging Face package).
+_here = _os.path.dirname(_os.path.realpath(__file__))
+_tree = _os.path.join(_os.path.dirname(_os.path.dirname(_here)), "kernels")
+if (not _os.path.isfile(_os.path.join(_here, "logprobs.py"))
+    and _os.path.isfile(_os.path.join(_tree, "_common.py")) and _tree not in __path__):
+  __path__.append(_tree)
+del _here, _tree, _os
+
 from tokenrl.kernels.logprobs import token_logprobs_entropy
 from tokenrl.kernels.logprobs import token_logprobs_entropy_from_hidden
 from tokenrl.kernels.logprobs import token_logprobs_entropy_reference

@@ -1,8 +1,8 @@
 """Benchmark of the vocabulary kernels (two-pass softmax, fused log-prob + entropy) against XLA.
 
-  python benchmarks/kernels.py            # GPU/TPU: V in 32k/128k/152k/256k, M in 4k/16k
-  python benchmarks/kernels.py --quick    # GPU/TPU: V in 32k/152k, M = 4k
-  python benchmarks/kernels.py --cpu      # CPU (also the default without an accelerator)
+  python benchmarks/kernel_bench.py            # GPU/TPU: V in 32k/128k/152k/256k, M in 4k/16k
+  python benchmarks/kernel_bench.py --quick    # GPU/TPU: V in 32k/152k, M = 4k
+  python benchmarks/kernel_bench.py --cpu      # CPU (also the default without an accelerator)
 
 Accelerator mode prints, per (M, V) in bf16: the measured device-to-device copy bandwidth (y = −x,
 one read + one write), then for each kernel its time, its achieved bandwidth (bytes it must move /
