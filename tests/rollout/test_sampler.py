@@ -138,11 +138,61 @@ def test_prompt_lengths_share_a_bucket_compile():
   assert sampler_lib._generate._cache_size() == 1  # lengths 1..16 share bucket 16
 
 
-def test_array_prompts_left_padded():
-  tokens, mask = prepare_prompts(np.array([[0, 0, 5, 6], [4, 5, 6, 7]]), pad_id=0)
+def test_array_prompts_padding_only_from_the_mask():
+  arr = np.array([[0, 0, 5, 6], [4, 5, 6, 7]])
+  # With a mask: its zeros are the padding (here the leading zeros of row 0).
+  tokens, mask = prepare_prompts(arr, pad_id=0, prompt_mask=[[0, 0, 1, 1], [1, 1, 1, 1]])
   assert tokens.shape == (2, 16)
   assert mask.sum(1).tolist() == [2, 4]
   assert tokens[0, -2:].tolist() == [5, 6]
+  # Without a mask every slot is real: leading pad-id tokens are tokens, not padding.
+  tokens, mask = prepare_prompts(arr, pad_id=0)
+  assert mask.sum(1).tolist() == [4, 4]
+  assert tokens[0, -4:].tolist() == [0, 0, 5, 6]
+  # Bool masks and a pad id that is not 0 (it only fills the padded slots).
+  tokens, mask = prepare_prompts(arr, pad_id=9, prompt_mask=np.array([[0, 1, 1, 1]] * 2, bool))
+  assert tokens[0, -4:].tolist() == [9, 0, 5, 6] and mask[0, -4:].tolist() == [0, 1, 1, 1]
+
+
+def test_prompt_starting_with_the_pad_id_samples_like_the_list_form():
+  # Real prompts whose first token is the pad id (0): a config.json without pad_token_id.
+  prompts = [[0, 6, 7], [0, 0, 9, 3], [4, 0]]
+  width = 6
+  arr = np.full((3, width), CONFIG.pad_id, np.int32)
+  pmask = np.zeros((3, width), np.int32)
+  for i, p in enumerate(prompts):
+    arr[i, width - len(p):] = p
+    pmask[i, width - len(p):] = 1
+  kw = dict(config=CONFIG, rng=jax.random.key(7), max_new_tokens=5, temperature=1.0,
+            stop_tokens=())
+  ref = sample(PARAMS, prompts, **kw)
+  got = sample(PARAMS, arr, prompt_mask=pmask, **kw)
+  np.testing.assert_array_equal(np.asarray(got.prompt_tokens), np.asarray(ref.prompt_tokens))
+  np.testing.assert_array_equal(np.asarray(got.prompt_mask), np.asarray(ref.prompt_mask))
+  np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(ref.tokens))
+  np.testing.assert_allclose(np.asarray(got.logprobs), np.asarray(ref.logprobs), atol=1e-6)
+  # Greedy: the tokens are the argmax of the full forward over the whole prompt, pad id included.
+  greedy = sample(PARAMS, arr, prompt_mask=pmask, config=CONFIG, rng=jax.random.key(0),
+                  max_new_tokens=4, temperature=0.0, stop_tokens=())
+  for row, prompt in enumerate(prompts):
+    completion = np.asarray(greedy.tokens[row])
+    logits = _full_forward_logits(PARAMS, prompt, completion[:-1])
+    np.testing.assert_array_equal(np.argmax(logits, axis=-1), completion)
+
+
+def test_prompt_mask_errors_are_named():
+  arr = np.array([[0, 5, 6], [4, 5, 6]])
+  kw = dict(config=CONFIG, rng=jax.random.key(0), max_new_tokens=2)
+  with pytest.raises(ValueError, match=r"prompt_mask has shape \(2, 2\), prompts \(2, 3\)"):
+    sample(PARAMS, arr, prompt_mask=np.ones((2, 2), np.int32), **kw)
+  with pytest.raises(ValueError, match=r"prompt_mask rows \[1\] are not left-padded"):
+    sample(PARAMS, arr, prompt_mask=[[0, 1, 1], [1, 1, 0]], **kw)
+  with pytest.raises(ValueError, match=r"prompts \[0\] are empty \(all padding\)"):
+    sample(PARAMS, arr, prompt_mask=[[0, 0, 0], [1, 1, 1]], **kw)
+  with pytest.raises(ValueError, match="prompt_mask must hold 0/1"):
+    sample(PARAMS, arr, prompt_mask=[[0, 2, 1], [1, 1, 1]], **kw)
+  with pytest.raises(ValueError, match="a list of id lists already gives"):
+    sample(PARAMS, [[5, 6]], prompt_mask=[[1, 1]], **kw)
 
 
 def test_bad_inputs_are_named():

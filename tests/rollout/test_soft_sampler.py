@@ -69,6 +69,20 @@ def test_rows_are_reproducible_and_noise_depends_on_the_key():
   assert not np.allclose(a.cot_inputs, c.cot_inputs)
 
 
+def test_array_prompts_with_mask_equal_the_list_form():
+  # The real first token is the pad id (0); the mask, not the value, says what is padding.
+  prompts = [[0, 6, 7], [0, 9]]
+  arr = np.array([[0, 6, 7], [0, 0, 9]])
+  kw = dict(config=CONFIG, rng=jax.random.key(5), cot_steps=TC, max_new_tokens=T, sigma=0.3,
+            stop_tokens=())
+  ref = soft_sample(PARAMS, prompts, **kw)
+  got = soft_sample(PARAMS, arr, prompt_mask=[[1, 1, 1], [0, 1, 1]], **kw)
+  np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(ref.tokens))
+  np.testing.assert_allclose(np.asarray(got.cot_inputs), np.asarray(ref.cot_inputs), atol=1e-6)
+  with pytest.raises(ValueError, match=r"prompt_mask rows \[0\] are not left-padded"):
+    soft_sample(PARAMS, arr, prompt_mask=[[1, 0, 1], [0, 1, 1]], **kw)
+
+
 def test_bad_inputs():
   kw = dict(config=CONFIG, rng=jax.random.key(0), max_new_tokens=T)
   with pytest.raises(ValueError, match="cot_steps"):

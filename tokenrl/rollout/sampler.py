@@ -30,7 +30,7 @@ class DecodeContext:
   """What a logit processor sees at each decode step.
 
   step   int32 []     index (0-based) of the completion token being chosen.
-  tokens int32 [N,T]  completion tokens chosen so far (pad_id beyond `step`).
+  tokens int32 [N,T]  completion tokens chosen so far (filled with pad_id beyond `step`).
   done   bool  [N]    rows that already emitted a stop token.
   aux    pytree       `sample(..., processor_state=...)`: traced values the processor reads
                       (e.g. statistics that change every RL step), so changing them does not
@@ -69,28 +69,46 @@ def bucket_length(length: int, *, minimum: int = 16) -> int:
   return data_bucket_length(length, multiple=256)
 
 
-def prepare_prompts(prompts: Any, pad_id: int, *, bucket: bool = True) -> tuple[np.ndarray, np.ndarray]:
-  """(tokens int32 [B,P], mask int32 [B,P]) left-padded to a bucketed length.
+def prepare_prompts(prompts: Any, pad_id: int, *, prompt_mask: Any = None,
+                    bucket: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens int32 [B,P'], mask int32 [B,P']) left-padded to a bucketed length P'.
 
-  `prompts` is a list of token-id lists, or an int array [B,P] already left-padded with
-  pad_id (leading pads are padding; see transformer.segments_from_padding).
+  `prompts` is one of:
+    - a list of B token-id lists: the lengths are explicit (the one obvious form);
+    - an int array [B,P] and `prompt_mask` int/bool [B,P], 1 = real token, 0 = left padding
+      (each row 0…0 1…1, at least one 1), e.g. a Rollout's prompt_tokens / prompt_mask;
+    - an int array [B,P] alone: every slot is a real token (no padding).
+  No token value is ever taken to mean padding: a pad id can be a real token (a config.json
+  without pad_token_id loads with pad_id 0, a real vocabulary entry). `pad_id` only fills the
+  padded slots, which the returned mask keeps out of attention, so its value is harmless.
+
+  Raises:
+    ValueError: an empty list, a row with no real token, `prompt_mask` with a list, or a
+      `prompt_mask` of another shape, with values other than 0/1, or not left padding.
   """
   if isinstance(prompts, (list, tuple)):
     if not prompts:
       raise ValueError("prompts is empty")
+    if prompt_mask is not None:
+      raise ValueError("prompt_mask is only for an int array of prompts; a list of id lists "
+                       "already gives each prompt's length: drop prompt_mask")
     rows = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
   else:
     arr = np.asarray(prompts)
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
       raise ValueError(f"prompts must be an int array [B,P] or a list of id lists, got "
                        f"{arr.dtype} array of shape {arr.shape}")
-    valid = np.maximum.accumulate(arr != pad_id, axis=1)
+    if prompt_mask is None:
+      valid = np.ones(arr.shape, bool)  # no mask: no padding (never inferred from pad_id)
+    else:
+      valid = _check_prompt_mask(prompt_mask, arr.shape)
     rows = [row[v] for row, v in zip(arr, valid)]
   empty = [i for i, r in enumerate(rows) if r.size == 0]
   if empty:
     raise ValueError(f"prompts {empty} are empty (all padding)")
   longest = max(r.size for r in rows)
   width = bucket_length(longest) if bucket else longest
+  # pad_id fills the padded slots only; mask 0 keeps them out of attention and positions.
   tokens = np.full((len(rows), width), pad_id, np.int32)
   mask = np.zeros((len(rows), width), np.int32)
   for i, r in enumerate(rows):
@@ -99,8 +117,28 @@ def prepare_prompts(prompts: Any, pad_id: int, *, bucket: bool = True) -> tuple[
   return tokens, mask
 
 
+def _check_prompt_mask(prompt_mask: Any, shape: tuple[int, ...]) -> np.ndarray:
+  """prompt_mask [B,P] as bool, after checking its shape, 0/1 values and left padding."""
+  m = np.asarray(prompt_mask)
+  if m.shape != shape:
+    raise ValueError(f"prompt_mask has shape {m.shape}, prompts {shape}: pass one 0/1 entry "
+                     "per prompt slot (1 = real token, 0 = left padding)")
+  if not (np.issubdtype(m.dtype, np.integer) or m.dtype == bool) or not np.isin(m, (0, 1)).all():
+    raise ValueError(f"prompt_mask must hold 0/1 (1 = real token, 0 = left padding), got "
+                     f"{m.dtype} values {np.unique(m)[:8].tolist()}")
+  m = m.astype(bool)
+  # Left padding: once a row turns real it stays real (a 0 after a 1 would be a hole).
+  holes = np.flatnonzero((m[:, :-1] & ~m[:, 1:]).any(axis=1)).tolist()
+  if holes:
+    raise ValueError(f"prompt_mask rows {holes} are not left-padded (a 0 after a 1): the "
+                     "sampler takes left padding (0…0 1…1); pass right-padded or packed prompts "
+                     "as a list of id lists")
+  return m
+
+
 def sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Array, max_new_tokens: int,
-           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
+           prompt_mask: Any = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           num_samples: int = 1,
            stop_tokens: Sequence[int] | None = None, logit_processor: LogitProcessor | None = None,
            cache_dtype: Any = None,
            prompt_sharding: jax.sharding.NamedSharding | None = None,
@@ -109,11 +147,14 @@ def sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Array, ma
 
   Args:
     params: model params (see tokenrl.models).
-    prompts: int [B,P] left-padded with config.pad_id, or a list of B token-id lists.
+    prompts: a list of B token-id lists, or an int array [B,P] (with `prompt_mask` when it
+      is left-padded; see `prepare_prompts`). No token value is ever taken as padding.
     config: ModelConfig of the params.
     rng: PRNG key. Row i of the output uses fold_in(rng, i), so its samples do not depend
       on the other rows.
     max_new_tokens: T, completion tokens per row.
+    prompt_mask: int/bool [B,P] for an array of prompts: 1 = real token, 0 = left padding.
+      None: every slot of the array is real.
     temperature: 0 = greedy; > 0 divides the logits.
     top_k: keep the k most likely tokens (0 = off). top_p: nucleus mass (1.0 = off).
     num_samples: G, completions per prompt; rows g·B..: groups are contiguous (row b·G + g).
@@ -138,7 +179,7 @@ def sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Array, ma
     raise ValueError(f"temperature must be >= 0, got {temperature}")
   if not 0.0 < top_p <= 1.0:
     raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-  tokens, mask = prepare_prompts(prompts, config.pad_id)
+  tokens, mask = prepare_prompts(prompts, config.pad_id, prompt_mask=prompt_mask)
   if tokens.max() >= config.vocab_size or tokens.min() < 0:
     raise ValueError(f"prompts hold token ids in [{tokens.min()}, {tokens.max()}], outside the "
                      f"vocabulary [0, {config.vocab_size})")
@@ -221,7 +262,7 @@ def _generate(params, prompt_tokens, prompt_mask, rng, temperature, aux, *, conf
     keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(row_keys)
     token, logp, ent = choose_tokens(scaled, keys, greedy=greedy, top_k=top_k, top_p=top_p)
     live = ~state.done
-    token = jnp.where(live, token, config.pad_id)
+    token = jnp.where(live, token, config.pad_id)  # a fill value; mask 0 marks these slots
     put = lambda buf, val: jax.lax.dynamic_update_index_in_dim(buf, val.astype(buf.dtype), t, axis=1)
     return dataclasses.replace(
         state, step=t + 1,

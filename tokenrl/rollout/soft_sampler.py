@@ -61,14 +61,17 @@ class SoftRollout:
 
 
 def soft_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Array,
-                cot_steps: int, max_new_tokens: int, mixture_temperature: float = 0.5,
-                sigma: float | jax.Array = 0.0, temperature: float = 1.0, num_samples: int = 1,
+                cot_steps: int, max_new_tokens: int, prompt_mask: Any = None,
+                mixture_temperature: float = 0.5, sigma: float | jax.Array = 0.0,
+                temperature: float = 1.0, num_samples: int = 1,
                 stop_tokens: Sequence[int] | None = None, hard_cot: bool = False) -> SoftRollout:
   """Sample `num_samples` soft-CoT + hard-answer completions per prompt.
 
   Args:
     params, config: the model (tokenrl.models).
-    prompts: list of B token-id lists, or int [B,P] left-padded with config.pad_id.
+    prompts: a list of B token-id lists, or an int array [B,P] (with `prompt_mask` when it
+      is left-padded); no token value is ever taken as padding (see sampler.prepare_prompts).
+    prompt_mask: int/bool [B,P] for an array of prompts: 1 = real token, 0 = left padding.
     rng: PRNG key; cot_steps: T_c >= 0; max_new_tokens: T >= 1 answer tokens.
     mixture_temperature: τ > 0 of the mixture (soft 0.5, fuzzy 1e-4).
     sigma: σ >= 0 of the input noise (scalar; see objectives.soft_tokens.noise_scale).
@@ -87,7 +90,7 @@ def soft_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Arra
                      f"{num_samples}")
   if np.ndim(sigma) != 0 or float(sigma) < 0:
     raise ValueError(f"sigma must be a scalar >= 0, got {sigma}")
-  tokens, mask = prepare_prompts(prompts, config.pad_id)
+  tokens, mask = prepare_prompts(prompts, config.pad_id, prompt_mask=prompt_mask)
   length = tokens.shape[1] + cot_steps + max_new_tokens
   if length > config.max_seq_len:
     raise ValueError(f"prompt bucket {tokens.shape[1]} + cot_steps {cot_steps} + max_new_tokens "
