@@ -296,7 +296,7 @@ def _abstract_state(config, dtype_name: str, optimizer_json: str, total_steps: i
   from tokenrl.models import transformer
   from tokenrl.optim import build_optimizer
   from tokenrl.train.steps import create_state
-  if sft:  # as tokenrl.train.rl_loop.sft_optimizer: AdamW (mu, nu in the param dtype)
+  if sft:  # as tokenrl.train.phases.sft_optimizer: AdamW (mu, nu in the param dtype)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3, weight_decay=0.0))
   else:
     tx = build_optimizer(ml_collections.ConfigDict(json.loads(optimizer_json)), total_steps)
