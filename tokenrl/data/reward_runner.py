@@ -15,9 +15,17 @@ protocol, daemon threads; a hung thread is abandoned (it keeps its CPU time unti
 and a fresh one takes its place.
 
 Scoring: a call that raises, times out, kills its worker, or returns something that is not a
-finite number scores 0; it is counted in the stats ('reward_errors', 'reward_timeouts') and
+finite real number scores 0; it is counted in the stats ('reward_errors', 'reward_timeouts') and
 logged with absl.logging (function name, completion index n and example index b).
-Training continues.
+Training continues. A reward is a real number: bool, int, float or a numpy scalar (np.float32,
+np.int64, np.bool_, ...); anything else (the string '1.0', None, a list, a 0-d array) is an
+error, as is an int too large for a float64.
+
+Worker hygiene: each worker process runs in its own session (process group), and a timeout
+kills the whole group (os.killpg), so the children a hung reward started die with it. A worker
+is recycled (stopped and replaced between chunks) after `max_tasks_per_worker` calls or when
+its resident memory exceeds `max_worker_rss_mb`, so a reward that leaks cannot grow a worker
+without bound.
 
   rewards[n] = sum_k w_k * r_k[n]      (r_k: function k's float32 [N] scores, w_k its weight)
 """
@@ -30,6 +38,7 @@ import math
 import multiprocessing.connection
 import os
 import pickle
+import signal
 import socket
 import struct
 import subprocess
@@ -43,7 +52,8 @@ import numpy as np
 from absl import logging
 
 _STARTUP_TIMEOUT_S = 120.0  # A fresh worker imports the reward modules; generous on a busy host.
-_MAX_LOGGED_PER_FN = 5  # Per call: log the first few failures of each function, then a count.
+_MAX_LOGGED_PER_FN = 5
+_F32_MAX = float(np.finfo(np.float32).max)  # Per call: log the first few failures of each function, then a count.
 # The folder holding the `tokenrl` package, put on the worker's PYTHONPATH.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -96,8 +106,37 @@ class _Channel:
       pass
 
 
-def _serve(chan: _Channel, fns: Mapping[str, Callable[..., Any]]) -> None:
-  """Worker loop: for each (task_id, name, completion, example) send (task_id, ok, payload)."""
+_REAL_TYPES = (bool, int, float, np.bool_, np.integer, np.floating)
+
+
+def as_reward(value: Any) -> float:
+  """float(value) for a real number (bool, int, float, numpy scalar), else TypeError.
+
+  Why not float(value): float('1.0') is 1.0, so a reward returning a string would score and
+  go uncounted. An int beyond float64 raises OverflowError.
+  """
+  if not isinstance(value, _REAL_TYPES):
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise TypeError(f"returned {type(value).__name__} {shown}, not a real number (bool, int, "
+                    "float or numpy scalar)")
+  return float(value)
+
+
+def _rss_bytes() -> int:
+  """This process's resident set size now (Linux /proc), else its peak (getrusage), in bytes."""
+  try:
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+  except (OSError, ValueError, IndexError):
+    import resource  # pylint: disable=import-outside-toplevel
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _serve(chan: _Channel, fns: Mapping[str, Callable[..., Any]], measure_rss: bool) -> None:
+  """Worker loop: for each (task_id, name, completion, example) send (task_id, ok, payload,
+  rss_bytes); rss_bytes is 0 in a thread worker (the memory is the trainer's)."""
   while True:
     try:
       msg = chan.recv()
@@ -107,11 +146,11 @@ def _serve(chan: _Channel, fns: Mapping[str, Callable[..., Any]]) -> None:
       return
     for task_id, name, completion, example in msg:
       try:
-        payload, ok = float(fns[name](completion, example)), True
+        payload, ok = as_reward(fns[name](completion, example)), True
       except Exception as e:  # pylint: disable=broad-except
         payload, ok = f"{type(e).__name__}: {e}", False
       try:
-        chan.send((task_id, ok, payload))
+        chan.send((task_id, ok, payload, _rss_bytes() if measure_rss else 0))
       except OSError:  # The parent gave up on us (timeout): stop quietly.
         return
 
@@ -133,7 +172,7 @@ def _subprocess_main(fd: int) -> None:
     chan.send(("init_error", f"{type(e).__name__}: {e}"))
     return
   chan.send(("ready", None))
-  _serve(chan, fns)
+  _serve(chan, fns, measure_rss=True)
 
 
 def _thread_worker_main(chan: _Channel, fns) -> None:
@@ -141,7 +180,7 @@ def _thread_worker_main(chan: _Channel, fns) -> None:
     chan.send(("ready", None))
   except OSError:
     return
-  _serve(chan, fns)
+  _serve(chan, fns, measure_rss=False)
   chan.close()
 
 
@@ -159,6 +198,8 @@ class _Worker:
     self.inflight: collections.deque = collections.deque()
     self.deadline = math.inf
     self.started = time.monotonic()
+    self.tasks_done = 0
+    self.rss = 0  # bytes, as last reported by the worker
     self.proc = None
     if backend == "process":
       env = dict(os.environ)
@@ -167,17 +208,27 @@ class _Worker:
           [_PACKAGE_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
       code = ("from tokenrl.data.reward_runner import _subprocess_main; "
               f"_subprocess_main({child.fileno()})")
+      # start_new_session: the worker leads its own process group, so killpg on timeout also
+      # kills whatever it spawned (a hung reward's subprocesses must not outlive it).
       self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(child.fileno(),),
-                                   env=env, stdin=subprocess.DEVNULL)
+                                   env=env, stdin=subprocess.DEVNULL, start_new_session=True)
       child.close()  # The child holds its own copy; ours must close so EOF is seen if it dies.
       self.conn.send((list(sys.path), fns_blob))
     else:
       threading.Thread(target=_thread_worker_main, args=(_Channel(child), fns),
                        daemon=True).start()
 
+  def _kill_group(self) -> None:
+    """SIGKILL to the worker's process group (itself and every process it started)."""
+    try:
+      os.killpg(self.proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+      pass  # Group already empty.
+
   def kill(self) -> None:
     self.conn.close()
     if self.proc is not None:
+      self._kill_group()
       self.proc.kill()
       self.proc.wait(timeout=10)
     # A thread cannot be killed: it is abandoned; it exits when it next tries to send.
@@ -193,6 +244,7 @@ class _Worker:
       except subprocess.TimeoutExpired:
         self.proc.kill()
         self.proc.wait(timeout=10)
+      self._kill_group()  # Leftover children of a reward that returned.
     self.conn.close()
 
 
@@ -219,11 +271,20 @@ class RewardRunner:
     max_workers: worker count (processes or threads); default min(4, CPUs - 1), at least 1.
     backend: 'process' (default; killable) or 'thread' (for unpicklable callables).
     chunk_size: calls sent to a worker per message (amortizes pickling; timeouts stay per call).
+    max_tasks_per_worker: a process worker is replaced after this many calls (None = never).
+    max_worker_rss_mb: a process worker whose resident memory exceeds this many MiB after a
+      call is replaced once its chunk is done (None = no limit). A chunk still runs to its end,
+      so the peak is about the limit + chunk_size x one call's leak.
+
+  Attributes:
+    recycled: how many workers were replaced by the two limits above (not by faults).
   """
 
   def __init__(self, fns: Mapping[str, Callable[[str, Mapping[str, Any]], float]],
                weights: Mapping[str, float] | None = None, *, timeout_s: float = 5.0,
-               max_workers: int | None = None, backend: str = "process", chunk_size: int = 32):
+               max_workers: int | None = None, backend: str = "process", chunk_size: int = 32,
+               max_tasks_per_worker: int | None = 10_000,
+               max_worker_rss_mb: float | None = 2048.0):
     if not fns:
       raise ValueError("RewardRunner: fns is empty; give at least one name -> callable")
     for name, fn in fns.items():
@@ -247,6 +308,15 @@ class RewardRunner:
     self.max_workers = int(max_workers)
     self.backend = backend
     self.chunk_size = int(chunk_size)
+    if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
+      raise ValueError(f"RewardRunner: max_tasks_per_worker must be >= 1 or None, got "
+                       f"{max_tasks_per_worker}")
+    if max_worker_rss_mb is not None and not max_worker_rss_mb > 0:
+      raise ValueError(f"RewardRunner: max_worker_rss_mb must be > 0 or None, got "
+                       f"{max_worker_rss_mb}")
+    self.max_tasks_per_worker = max_tasks_per_worker
+    self.max_worker_rss_mb = max_worker_rss_mb
+    self.recycled = 0
     self._fns_blob = None
     if backend == "process":
       for name, fn in self.fns.items():
@@ -324,7 +394,8 @@ class RewardRunner:
     def record(task_id: int, ok: bool, payload: Any) -> None:
       if not ok:
         fail(task_id, "raised", payload)
-      elif not math.isfinite(payload):
+      elif not math.isfinite(payload) or abs(payload) > _F32_MAX:
+        # Beyond float32 the [N] rewards would hold inf: as bad as NaN for the advantages.
         fail(task_id, "returned non-finite", repr(payload))
       else:
         k, n = divmod(task_id, n_total)
@@ -369,6 +440,7 @@ class RewardRunner:
 
     while pending or any(w.inflight for w in self._workers):
       now = time.monotonic()
+      self._recycle_idle()
       for w in list(self._workers):
         if w.ready and not w.inflight and pending:
           try:
@@ -400,8 +472,9 @@ class RewardRunner:
             raise RuntimeError(f"RewardRunner: a worker could not load the functions: {msg[1]}")
           w.ready = True
           continue
-        task_id, ok, payload = msg
+        task_id, ok, payload, w.rss = msg
         w.inflight.popleft()
+        w.tasks_done += 1
         record(task_id, ok, payload)
         w.deadline = time.monotonic() + self.timeout_s
       now = time.monotonic()
@@ -412,6 +485,25 @@ class RewardRunner:
           replace(w)
         elif not w.ready and now >= w.started + _STARTUP_TIMEOUT_S:
           raise RuntimeError(f"RewardRunner: a worker did not start within {_STARTUP_TIMEOUT_S} s")
+    self._recycle_idle()  # A leaky worker must not sit on its memory until the next call.
+
+  def _recycle_idle(self) -> None:
+    """Replaces idle process workers past max_tasks_per_worker or max_worker_rss_mb."""
+    if self.backend != "process":
+      return
+    for i, w in enumerate(self._workers):
+      if w.inflight or not w.ready:
+        continue
+      too_many = (self.max_tasks_per_worker is not None
+                  and w.tasks_done >= self.max_tasks_per_worker)
+      too_big = (self.max_worker_rss_mb is not None
+                 and w.rss > self.max_worker_rss_mb * 2**20)
+      if too_many or too_big:
+        logging.info("reward worker pid %s recycled after %d calls at %.0f MiB resident",
+                     w.proc.pid, w.tasks_done, w.rss / 2**20)
+        w.stop()
+        self._workers[i] = self._new_worker()
+        self.recycled += 1
 
 
 def default_max_workers() -> int:
