@@ -65,6 +65,9 @@ def sampler_config() -> ml_collections.ConfigDict:
 
 def reward_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  c.fns = ''                # reward functions, comma-separated: built-in names (task, math, exact,
+                            # format, countdown) or 'module:function'; '' = the data task's verifier
+  c.weights = ''            # one weight per rewards.fns entry, comma-separated; '' = all 1.0
   c.format_weight = 0.0     # weight of the format reward added to the task reward
   c.timeout_s = 5.0         # per-call timeout; a timeout scores 0 and is counted
   c.max_workers = 2         # reward worker processes

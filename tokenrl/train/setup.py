@@ -117,8 +117,9 @@ def build_run(cfg: ml_collections.ConfigDict, mesh: Any = None) -> Run:
   model_config, params = build_model(cfg, tokenizer, jax.random.fold_in(jax.random.key(cfg.seed), 0),
                                      mesh)
   train, test, verifier = build_examples(cfg)
-  fns = {"task": verifier}
-  weights = {"task": 1.0}
+  # rewards.fns: built-in names ('task' = this data task's verifier) or 'module:function'.
+  fns, weights = rewards_lib.load_reward_fns(cfg.rewards.fns or "task", cfg.rewards.weights,
+                                             builtins={**rewards_lib.REWARD_FNS, "task": verifier})
   if cfg.rewards.format_weight:
     fns["format"] = rewards_lib.format_reward
     weights["format"] = float(cfg.rewards.format_weight)
