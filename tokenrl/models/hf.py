@@ -9,6 +9,7 @@ No pickle anywhere.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from typing import Any
@@ -70,8 +71,15 @@ def _normalize_key(key: str) -> str:
 def _weight_files(path: str) -> list[str]:
   index = os.path.join(path, "model.safetensors.index.json")
   if os.path.isfile(index):
-    with open(index) as f:
-      weight_map = json.load(f)["weight_map"]
+    try:
+      with open(index, encoding="utf-8") as f:
+        weight_map = json.load(f)["weight_map"]
+      if not isinstance(weight_map, dict) or not all(
+          isinstance(v, str) and "/" not in v and "\\" not in v and v not in (".", "..")
+          for v in weight_map.values()):
+        raise ValueError("'weight_map' must map tensor names to file names in the folder")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+      raise ValueError(f"{index}: not a valid safetensors index ({type(e).__name__}: {e})") from None
     files = sorted(set(weight_map.values()))
     missing = [f for f in files if not os.path.isfile(os.path.join(path, f))]
     if missing:
@@ -100,12 +108,31 @@ def _expected_hf_keys(config: ModelConfig) -> dict[str, tuple[str, int | None, i
   return out
 
 
+def expected_hf_shape(key: str, shape: tuple[int, ...], in_dims: int | None) -> tuple[int, ...]:
+  """The shape a HF checkpoint stores for a tokenrl leaf of `shape` (one layer's slice).
+
+  Linears (in_dims set): [out, in] = (prod(shape[in_dims:]), prod(shape[:in_dims])), the
+  transpose of ours flattened. Biases and norms: 1-D (prod(shape),). Embeddings: as ours [V, D].
+  """
+  if in_dims is not None:
+    return (math.prod(shape[in_dims:]), math.prod(shape[:in_dims]))
+  if "bias" in key or "norm" in key:
+    return (math.prod(shape),)
+  return tuple(shape)
+
+
 def _to_ours(arr: np.ndarray, shape: tuple[int, ...], in_dims: int | None, key: str, file: str) -> np.ndarray:
+  # Compare the exact stored shape: a transposed up_proj [D, F] has the element count of the
+  # right [F, D] and would reshape without error into a scrambled matrix.
+  want = expected_hf_shape(key, tuple(shape), in_dims)
+  if tuple(arr.shape) != want:
+    raise ValueError(f"{file}: tensor {key!r} has shape {tuple(arr.shape)}, expected {want} "
+                     f"for this config.json (tokenrl leaf shape {tuple(shape)}"
+                     f"{', stored transposed as [out, in]' if in_dims is not None else ''}); "
+                     "check hidden_size / intermediate_size / heads / head_dim in config.json, "
+                     "or whether the tensor was saved transposed")
   if in_dims is not None:
     arr = arr.T
-  if int(np.prod(arr.shape)) != int(np.prod(shape)):
-    raise ValueError(f"{file}: tensor {key!r} has shape {tuple(arr.shape)}, which does not fit the "
-                     f"config's {shape} (check hidden_size / heads / head_dim in config.json)")
   return arr.reshape(shape)
 
 
