@@ -33,16 +33,24 @@ def iter_json_objects(path: str | os.PathLike, who: str) -> Iterator[tuple[str, 
   """('<path>:<line>', object) for every non-blank line of a JSONL file, in order.
 
   Raises FileNotFoundError (naming `who`, the caller) or ValueError '<path>:<line>: ...' for
-  malformed JSON or a line that is not a JSON object: nothing is silently dropped.
+  a byte sequence that is not UTF-8, malformed JSON or a line that is not a JSON object:
+  nothing is silently dropped.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{who}: {path!r} does not exist")
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
+  with open(path, "rb") as f:  # Bytes, decoded per line, so a bad byte names its line.
+    for lineno, raw in enumerate(f, start=1):
+      where = f"{path}:{lineno}"
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: not UTF-8: byte 0x{raw[e.start]:02x} at byte {e.start + 1} of "
+                         "the line (save the file as UTF-8)") from None
+      if lineno == 1 and line.startswith("\ufeff"):
+        line = line[1:]  # A UTF-8 byte-order mark (Windows editors) is not part of the JSON.
       if not line.strip():
         continue
-      where = f"{path}:{lineno}"
       try:
         obj = json.loads(line)
       except json.JSONDecodeError as e:
@@ -58,10 +66,14 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
   Returns:
     [{'prompt': str | list[message], 'answer': str, **extra_keys}, ...] in file order.
 
+  Each example is a `JsonlExample`: a plain dict (equal to one) whose `.where` attribute is
+  '<path>:<line>', so later errors (e.g. a character the tokenizer lacks) can name the line.
+
   Raises:
     FileNotFoundError: no such file.
-    ValueError: '<path>:<line>: ...' for malformed JSON, a non-object line, a missing
-      'prompt'/'answer', or a wrong type (bool or non-finite answers included).
+    ValueError: '<path>:<line>: ...' for a non-UTF-8 byte, malformed JSON, a non-object line, a
+      missing 'prompt'/'answer', or a wrong type (bool or non-finite answers included);
+      '<path>: no examples' for an empty file (or only blank lines).
   """
   out = []
   for where, obj in iter_json_objects(path, "read_jsonl"):
@@ -82,8 +94,27 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     if isinstance(answer, float) and not math.isfinite(answer):
       raise ValueError(f"{where}: 'answer' must be finite, got {answer}")
     obj["answer"] = answer if isinstance(answer, str) else str(answer)
-    out.append(obj)
+    out.append(JsonlExample(obj, where=where))
+  if not out:
+    raise ValueError(f"{os.fspath(path)}: no examples (the file is empty or holds only blank "
+                     "lines); expected one JSON object per line with 'prompt' and 'answer'")
   return out
+
+
+class JsonlExample(dict):
+  """A dict example that remembers its source line: `.where` = '<path>:<line>'.
+
+  A dict subclass (not an extra key) so rewards, equality and write_jsonl see the same data.
+  """
+
+  def __init__(self, data: Mapping[str, Any], where: str = ""):
+    super().__init__(data)
+    self.where = where
+
+
+def where_of(example: Mapping[str, Any], default: str) -> str:
+  """'<path>:<line>' of a `read_jsonl` example, else `default` (e.g. 'example 3')."""
+  return getattr(example, "where", "") or default
 
 
 def write_jsonl(path: str | os.PathLike, examples: Iterable[Mapping[str, Any]]) -> int:

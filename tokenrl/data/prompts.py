@@ -89,7 +89,7 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, *,
 
 def tokenize_prompts(tokenizer: Tokenizer, prompts: Sequence[str | Sequence[Mapping[str, Any]]],
                      *, use_chat_template: bool | str = "auto", system_prompt: str | None = None,
-                     add_special_tokens: bool = True,
+                     add_special_tokens: bool = True, where: Sequence[str] | None = None,
                      **template_kwargs: Any) -> list[list[int]]:
   """Ids for each prompt.
 
@@ -99,32 +99,52 @@ def tokenize_prompts(tokenizer: Tokenizer, prompts: Sequence[str | Sequence[Mapp
   rendered with add_generation_prompt=True; otherwise the string is encoded as is (with the
   tokenizer's special tokens, e.g. bos, if `add_special_tokens`).
 
+  where: one label per prompt (e.g. 'data.jsonl:7', from `jsonl.where_of`) that prefixes any
+    error of that prompt; default 'prompts[i]'.
+
   Raises:
-    ValueError: a message-list prompt without a chat template, or a prompt of another type.
+    ValueError: '<where>: ...' for a message-list prompt without a chat template, a prompt of
+      another type, or an encoding/template error (e.g. a character outside the vocabulary).
   """
   if use_chat_template not in (True, False, "auto"):
     raise ValueError(f"tokenize_prompts: use_chat_template must be True, False or 'auto', got "
                      f"{use_chat_template!r}")
-  chat = tokenizer.has_chat_template if use_chat_template == "auto" else bool(use_chat_template)
+  if where is not None and len(where) != len(prompts):
+    raise ValueError(f"tokenize_prompts: where has {len(where)} labels for {len(prompts)} prompts")
   out = []
   for i, p in enumerate(prompts):
-    if isinstance(p, str):
-      if not chat:
-        out.append(tokenizer.encode(p, add_special_tokens=add_special_tokens))
-        continue
-      messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
-      messages.append({"role": "user", "content": p})
-    elif isinstance(p, (list, tuple)) and all(isinstance(m, Mapping) for m in p):
-      if not tokenizer.has_chat_template:
-        raise ValueError(f"tokenize_prompts: prompts[{i}] is a message list but the tokenizer "
-                         "has no chat template")
-      messages = list(p)
-    else:
-      raise ValueError(f"tokenize_prompts: prompts[{i}] must be a str or a list of message "
-                       f"dicts, got {type(p).__name__}")
-    out.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                             **template_kwargs))
+    label = where[i] if where is not None else f"prompts[{i}]"
+    try:
+      out.append(_tokenize_one(tokenizer, p, i, use_chat_template, system_prompt,
+                               add_special_tokens, template_kwargs))
+    except ValueError as e:
+      raise ValueError(f"{label}: {e}") from e
+    except Exception as e:  # e.g. jinja2.TemplateError: keep its type, add where it happened.
+      e.add_note(f"while tokenizing {label}")
+      raise
   return out
+
+
+def _tokenize_one(tokenizer: Tokenizer, p: Any, i: int, use_chat_template: bool | str,
+                  system_prompt: str | None, add_special_tokens: bool,
+                  template_kwargs: Mapping[str, Any]) -> list[int]:
+  """The ids of prompt i (see `tokenize_prompts`)."""
+  chat = tokenizer.has_chat_template if use_chat_template == "auto" else bool(use_chat_template)
+  if isinstance(p, str):
+    if not chat:
+      return tokenizer.encode(p, add_special_tokens=add_special_tokens)
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+    messages.append({"role": "user", "content": p})
+  elif isinstance(p, (list, tuple)) and all(isinstance(m, Mapping) for m in p):
+    if not tokenizer.has_chat_template:
+      raise ValueError(f"tokenize_prompts: prompts[{i}] is a message list but the tokenizer "
+                       "has no chat template")
+    messages = list(p)
+  else:
+    raise ValueError(f"tokenize_prompts: prompts[{i}] must be a str or a list of message "
+                     f"dicts, got {type(p).__name__}")
+  return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                       **template_kwargs)
 
 
 def decode_completions(tokenizer: Tokenizer, tokens: np.ndarray,
