@@ -41,6 +41,10 @@ def test_exact_equalities_and_the_one_tolerance():
     "\\boxed{" * 20_000,
     "\\frac{" * 20_000 + "}",
     "-$ " * 30_000,
+    "the answer is" + " " * 4000 + ":" + " " * 4000 + "x",
+    "answer is " + " :" * 20_000,
+    ("answer" + " " * 50) * 2000,
+    "#### " + "#### " * 20_000,
     ("9" * 99 + ".") * 1000,
 ])
 @pytest.mark.parametrize("fn", [rewards.math_answer_reward, rewards.format_reward,

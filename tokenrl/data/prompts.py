@@ -120,7 +120,8 @@ def tokenize_prompts(tokenizer: Tokenizer, prompts: Sequence[str | Sequence[Mapp
     except ValueError as e:
       raise ValueError(f"{label}: {e}") from e
     except Exception as e:  # e.g. jinja2.TemplateError: keep its type, add where it happened.
-      e.add_note(f"while tokenizing {label}")
+      if hasattr(e, "add_note"):  # Python >= 3.11
+        e.add_note(f"while tokenizing {label}")
       raise
   return out
 
