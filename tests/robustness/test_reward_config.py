@@ -81,3 +81,23 @@ def test_user_functions_run_in_worker_processes(user_dir):
 def test_errors_name_key_module_function_and_why(user_dir, spec, weights, msg):
   with pytest.raises(ValueError, match=msg.replace("{m}", user_dir)):
     rewards.load_reward_fns(spec.replace("{m}", user_dir), weights)
+
+
+def test_build_run_resolves_rewards_fns(user_dir):
+  import importlib.util
+  import os
+  from tokenrl.train import setup
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "quickstart.py")
+  spec = importlib.util.spec_from_file_location("quickstart_cfg", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config("smoke")
+  cfg.rewards.fns = f"task,{user_dir}:length_penalty"
+  cfg.rewards.weights = "1,0.5"
+  run = setup.build_run(cfg)
+  assert list(run.reward_fns) == ["task", f"{user_dir}:length_penalty"]
+  assert run.reward_fns["task"] is run.verifier
+  assert run.reward_weights == {"task": 1.0, f"{user_dir}:length_penalty": 0.5}
+  cfg.rewards.fns = f"task,{user_dir}:missing"
+  with pytest.raises(ValueError, match=rf"rewards\.fns: module '{user_dir}' .* no attribute"):
+    setup.build_run(cfg)
