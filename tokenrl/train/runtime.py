@@ -33,8 +33,8 @@ class Preemption:
     del frame
     if self.requested and signum == signal.SIGINT:
       raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name  # named before the flag is seen set
     self.requested = True
-    self.signal_name = signal.Signals(signum).name
 
   def restore(self):
     for s, handler in self._previous.items():

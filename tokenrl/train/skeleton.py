@@ -5,7 +5,8 @@ its phases (SFT warm-up, RL, pairwise, a method's own stage), each with its step
 start state and evaluation, plus the checkpointed data iterators and a summary function.
 `run_job(cfg, workdir, build)` owns everything else, identically for all of them:
 
-  - validating the whole config before any work (`resolve_objective` + the method's own checks,
+  - validating the whole config before any work (`validate_config`: every plain field's range;
+    `resolve_objective` + the method's own checks,
     then `check_budgets` once the model config is known, before any step);
   - the exclusive workdir lock (WORKDIR/.lock, `workdir_lock`) and checking a rerun's config
     against the one saved next to its checkpoints (`check_rerun_config`) before config.json is
@@ -14,7 +15,11 @@ start state and evaluation, plus the checkpointed data iterators and a summary f
     evaluations and the trainer's `aux` dict, so a run killed at any point and rerun continues
     exactly as if uninterrupted (bitwise on CPU: every random draw is a function of the seed and
     the global step, or a checkpointed generator);
-  - SIGTERM/SIGINT: finish the step, save, exit cleanly (`{"preempted": True}`);
+  - SIGTERM/SIGINT (handled from start-up on, so a single one is never lost): finish the
+    step or evaluation under way, save, exit cleanly (`{"preempted": True}`); only a signal
+    after the final checkpoint lets the run complete (nothing is left to interrupt);
+  - checkpoint integrity: a resume uses the newest checkpoint that passes its digest check
+    (`Checkpointer.latest_step`), falling back past corrupted ones with a warning;
   - the evaluation schedule (phase start, every train.eval_every global steps, phase end);
   - metrics.jsonl + tb/ + the progress bar (MetricsWriter), config.json, summary.json, curve.png.
 
@@ -41,6 +46,7 @@ from tokenrl.train import distributed
 from tokenrl.train.checkpoint import Checkpointer
 from tokenrl.train.metrics import MetricsWriter, plot_curves
 from tokenrl.train.runtime import Preemption, check_rerun_config, jsonable, print_summary, workdir_lock
+from tokenrl.train.validate import validate_config
 
 
 @dataclasses.dataclass
@@ -96,11 +102,8 @@ class RunSpec:
 
 def validate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   """The resolved `rl` options; raises ValueError naming the key before any work is done."""
-  opts = resolve_objective(cfg.rl)  # also runs the selected method's validate()
-  if cfg.train.max_steps < 0 or cfg.train.sft_steps < 0:
-    raise ValueError(f"train.max_steps ({cfg.train.max_steps}) and train.sft_steps "
-                     f"({cfg.train.sft_steps}) must be >= 0")
-  return opts
+  validate_config(cfg)  # every plain field's range, all problems in one error
+  return resolve_objective(cfg.rl)  # also runs the selected method's validate()
 
 
 def run_job(cfg: ml_collections.ConfigDict, workdir: str,
@@ -110,20 +113,26 @@ def run_job(cfg: ml_collections.ConfigDict, workdir: str,
   validate(cfg)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  with workdir_lock(workdir, enabled=is_main):
-    ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints,
-                        async_save=cfg.train.async_checkpoint)
-    try:
-      if ckpt.latest_step() is not None:
-        check_rerun_config(cfg, workdir)
-      spec = build(cfg, workdir)
-      check_budgets(cfg, spec.model, spec.prompt_len)
-      if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-          f.write(cfg.to_json_best_effort(indent=2))
-      return _loop(cfg, workdir, spec, ckpt, start_time, is_main)
-    finally:
-      ckpt.close()
+  # From here on SIGTERM/SIGINT only set a flag, checked at fixed points of `_loop` (after the
+  # build, after every step and evaluation): one signal always ends the run the same way.
+  preempt = Preemption()
+  try:
+    with workdir_lock(workdir, enabled=is_main):
+      ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints,
+                          async_save=cfg.train.async_checkpoint)
+      try:
+        if ckpt.all_steps():  # any step folder, usable or not: its config.json must stay
+          check_rerun_config(cfg, workdir)
+        spec = build(cfg, workdir)
+        check_budgets(cfg, spec.model, spec.prompt_len)
+        if is_main:
+          with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(cfg.to_json_best_effort(indent=2))
+        return _loop(cfg, workdir, spec, ckpt, start_time, is_main, preempt)
+      finally:
+        ckpt.close()
+  finally:
+    preempt.restore()
 
 
 def _offsets(phases: list[Phase]) -> list[int]:
@@ -138,16 +147,16 @@ def _template(phases: list[Phase], k: int) -> Any:
 
 
 def _loop(cfg, workdir, spec: RunSpec, ckpt: Checkpointer, start_time: float,
-          is_main: bool) -> dict[str, Any]:
+          is_main: bool, preempt: Preemption) -> dict[str, Any]:
   phases = spec.phases
   offsets = _offsets(phases)
   total = sum(p.steps for p in phases)
   meta: dict[str, Any] = {"evals": [], "marks": [], "aux": spec.aux}
   g, k = 0, 0
-  if ckpt.latest_step() is not None:
-    g = ckpt.latest_step()
+  g = ckpt.latest_step()  # the newest checkpoint that passes its digest check
+  if g is not None:
     k = ckpt.restore_meta(g)["phase"]
-    state, meta = ckpt.restore(_template(phases, k))
+    state, meta = ckpt.restore(_template(phases, k), g)
     spec.aux.clear()
     spec.aux.update(meta["aux"])
     meta["aux"] = spec.aux
@@ -155,10 +164,10 @@ def _loop(cfg, workdir, spec: RunSpec, ckpt: Checkpointer, start_time: float,
       it.set_state(meta["iterators"][name])
     logging.info("resumed from %s at step %d (phase %s)", ckpt.directory, g, phases[k].name)
   else:
+    g = 0
     state = phases[0].init(None)
 
   writer = MetricsWriter(workdir, total_steps=total, initial_step=g, enabled=is_main)
-  preempt = Preemption()
 
   def evaluate(phase: Phase, when: str) -> None:
     mark = f"{phase.name}:{when}:{g}"
@@ -175,13 +184,27 @@ def _loop(cfg, workdir, spec: RunSpec, ckpt: Checkpointer, start_time: float,
                 params_path=list(phases[k].params_path))
     ckpt.save(g, state, json.loads(json.dumps(meta, default=jsonable)), force=force)
 
+  def stop() -> bool:
+    """A signal arrived (on any worker: every worker stops at the same point): save, exit."""
+    if not distributed.any_process(preempt.requested):
+      return False
+    writer.log(f"{preempt.signal_name}: saving checkpoint at step {g} and exiting")
+    save(force=True)
+    ckpt.wait()
+    return True
+
   try:
+    if distributed.any_process(preempt.requested):  # during start-up: nothing new to save
+      writer.log(f"{preempt.signal_name} during start-up: exiting at step {g}")
+      return {"preempted": True, "steps": g}
     while True:
       phase, s = phases[k], g - offsets[k]
       if phase.start is not None:
         phase.start(state)
       if s == 0 and phase.eval_at_start:
         evaluate(phase, "start")
+        if stop():
+          return {"preempted": True, "steps": g}
       while s < phase.steps:
         t0 = time.time()
         state, metrics = phase.step(state, g, s)
@@ -191,16 +214,15 @@ def _loop(cfg, workdir, spec: RunSpec, ckpt: Checkpointer, start_time: float,
         if phase.eval_every and g % phase.eval_every == 0 and s < phase.steps:
           evaluate(phase, "every")
         # Any worker's signal stops every worker at the same step (a collective checkpoint).
-        if distributed.any_process(preempt.requested):
-          writer.log(f"{preempt.signal_name}: saving checkpoint at step {g} and exiting")
-          save(force=True)
-          ckpt.wait()
+        if stop():
           return {"preempted": True, "steps": g}
         every = cfg.train.checkpoint_every
         if every and g % every == 0 and g < total:
           save()
       if phase.eval_at_end:
         evaluate(phase, "end")
+      if stop():  # also after the last phase: a signal before the final save always stops
+        return {"preempted": True, "steps": g}
       if k + 1 == len(phases):
         break
       k += 1
@@ -208,7 +230,6 @@ def _loop(cfg, workdir, spec: RunSpec, ckpt: Checkpointer, start_time: float,
     save(force=True)
     ckpt.wait()
   finally:
-    preempt.restore()
     writer.close()
     if spec.close is not None:
       spec.close()
