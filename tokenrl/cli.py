@@ -24,8 +24,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, met
 _MODEL = flags.DEFINE_string("model", None, "HF folder or tokenrl workdir (sample)")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "prompt text (sample); repeat for several")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", None,
-                                "tokens to generate (sample; default: the run's sampler setting, "
-                                "or 128 for an HF folder)")
+                                "tokens to generate, >= 1 (sample; default: the run's sampler "
+                                "setting, or for an HF folder 128 capped at the room the longest "
+                                "prompt leaves in the model's context)")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy (sample)")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "top-k (sample)")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "top-p (sample)")
@@ -64,7 +65,8 @@ def _cmd_train() -> None:
 
 
 def _cmd_plan() -> None:
-  """Prints the per-device memory table and verdict; exit code 1 when it does not fit."""
+  """Prints the per-device memory table and verdict; exit code 1 when it does not fit or a
+  problem (a batch the mesh cannot split, a context too short, ...) stops the run."""
   from tokenrl.train.plan import plan
   if _CONFIG.value is None:
     raise app.UsageError("plan needs --config")
@@ -76,7 +78,7 @@ def _cmd_plan() -> None:
     sys.exit(1)
   print(result.table())
   print(result.verdict())
-  if not result.fits:
+  if not result.runs:  # out of memory, or a problem (e.g. a batch the mesh cannot split)
     sys.exit(1)
 
 
@@ -93,6 +95,34 @@ def _cmd_eval() -> None:
   print(json.dumps(result, indent=2))
 
 
+HF_DEFAULT_NEW_TOKENS = 128
+
+
+def _check_sample_flags() -> None:
+  """UsageError naming the flag, its allowed range and the value given."""
+  checks = [
+      ("max_new_tokens", _MAX_NEW.value is None or _MAX_NEW.value >= 1, ">= 1"),
+      ("num_samples", _NUM_SAMPLES.value >= 1, ">= 1"),
+      ("temperature", _TEMPERATURE.value >= 0, ">= 0 (0 = greedy)"),
+      ("top_k", _TOP_K.value >= 0, ">= 0 (0 = off)"),
+      ("top_p", 0 < _TOP_P.value <= 1, "in (0, 1] (1 = off)"),
+  ]
+  bad = [f"--{name} must be {rule}, got {flags.FLAGS[name].value}" for name, ok, rule in checks
+         if not ok]
+  if bad:
+    raise app.UsageError("; ".join(bad))
+
+
+def default_max_new_tokens(max_seq_len: int, longest_prompt: int) -> int:
+  """An HF folder's default completion length: 128, capped at the room the longest prompt
+  leaves in the context (a 64-token model gets 64 - prompt, not 128)."""
+  room = max_seq_len - longest_prompt
+  if room < 1:
+    raise app.UsageError(f"the longest prompt has {longest_prompt} tokens: no room for a "
+                         f"completion in the model's context of {max_seq_len} tokens")
+  return min(HF_DEFAULT_NEW_TOKENS, room)
+
+
 def _cmd_sample() -> None:
   import jax
   import numpy as np
@@ -102,16 +132,29 @@ def _cmd_sample() -> None:
   from tokenrl.rollout import sample
   if not _MODEL.value or not _PROMPT.value:
     raise app.UsageError("sample needs --model and at least one --prompt")
+  _check_sample_flags()
   if os.path.isfile(os.path.join(_MODEL.value, "config.json")) and os.path.isdir(
       os.path.join(_MODEL.value, "checkpoints")):
     cfg, run, params = load_workdir(_MODEL.value)
     config, tok = run.model, run.tokenizer
-    max_new = _MAX_NEW.value or cfg.sampler.max_new_tokens
+    default_new = cfg.sampler.max_new_tokens
   else:
     config, params = models.load_hf(_MODEL.value)
     tok = load_tokenizer(_MODEL.value)
-    max_new = _MAX_NEW.value or 128
+    default_new = None
   ids = tokenize_prompts(tok, _PROMPT.value)
+  longest = max(len(x) for x in ids)
+  if _MAX_NEW.value is not None:  # 0 is a value, not "unset"
+    max_new = _MAX_NEW.value
+  elif default_new is not None:
+    max_new = default_new
+  else:
+    max_new = default_max_new_tokens(config.max_seq_len, longest)
+  if longest + max_new > config.max_seq_len:
+    raise app.UsageError(f"the longest prompt has {longest} tokens + --max_new_tokens {max_new} = "
+                         f"{longest + max_new} > the model's context of {config.max_seq_len} "
+                         f"tokens: lower --max_new_tokens to {config.max_seq_len - longest} or "
+                         "shorten the prompt")
   out = sample(params, ids, config=config, rng=jax.random.key(_SEED.value),
                max_new_tokens=max_new, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                top_p=_TOP_P.value, num_samples=_NUM_SAMPLES.value,
@@ -127,8 +170,9 @@ def _cmd_export() -> None:
     raise app.UsageError("export needs --workdir and --out")
   from tokenrl.train.workdir import model_params
   _, run, params = load_workdir(_WORKDIR.value)
-  # A value head or other method-owned params are not part of the HF checkpoint.
-  models.save_hf(_OUT.value, run.model, model_params(params, run.model))
+  # A value head or other method-owned params are not part of the HF checkpoint. The run's
+  # tokenizer goes with it, so `tokenrl sample --model OUT` (and transformers) can read it.
+  models.save_hf(_OUT.value, run.model, model_params(params, run.model), tokenizer=run.tokenizer)
   print(f"wrote {_OUT.value}")
 
 

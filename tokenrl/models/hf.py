@@ -203,12 +203,22 @@ def load_hf(path: str, *, dtype: Any = None, mesh: jax.sharding.Mesh | None = No
 
 
 def save_hf(path: str, config: ModelConfig, params: dict[str, Any], *,
-            max_shard_bytes: int = 4 << 30) -> None:
+            max_shard_bytes: int = 4 << 30, tokenizer: Any = None) -> None:
   """Write `params` as a Hugging Face folder (config.json, safetensors, generation_config.json).
 
   Files larger than `max_shard_bytes` are split into shards with a model.safetensors.index.json.
+  `tokenizer` (a tokenrl CharTokenizer or HFTokenizer, e.g. the run's): its tokenizer.json and
+  tokenizer_config.json are written too, so the folder is self-contained for `load_tokenizer`,
+  `tokenrl sample --model` and transformers (see tokenrl.data.tokenizer_export).
   """
   os.makedirs(path, exist_ok=True)
+  if tokenizer is not None:
+    if tokenizer.vocab_size > config.vocab_size:
+      raise ValueError(f"save_hf: the tokenizer has {tokenizer.vocab_size} ids but the model's "
+                       f"vocab_size is {config.vocab_size}: pass the model's own tokenizer")
+    # Same layer (data sits beside models); imported here so models/ loads without tokenizers.
+    from tokenrl.data.tokenizer_export import save_tokenizer  # pylint: disable=g-import-not-at-top
+    save_tokenizer(path, tokenizer)
   expected = _expected_hf_keys(config)
   host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
   dtypes = {np.asarray(x).dtype for x in jax.tree.leaves(host)}

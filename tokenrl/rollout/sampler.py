@@ -70,8 +70,12 @@ def bucket_length(length: int, *, minimum: int = 16) -> int:
 
 
 def prepare_prompts(prompts: Any, pad_id: int, *, prompt_mask: Any = None,
-                    bucket: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                    bucket: bool = True, max_width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """(tokens int32 [B,P'], mask int32 [B,P']) left-padded to a bucketed length P'.
+
+  P' = bucket_length(longest prompt), capped at `max_width` when given and the longest prompt
+  fits it: bucketing saves compiles, it must never make a prompt that fits the context refuse
+  to (a 57-token prompt + 2 new tokens in a 64-token context pads to 62, not 64).
 
   `prompts` is one of:
     - a list of B token-id lists: the lengths are explicit (the one obvious form);
@@ -108,6 +112,8 @@ def prepare_prompts(prompts: Any, pad_id: int, *, prompt_mask: Any = None,
     raise ValueError(f"prompts {empty} are empty (all padding)")
   longest = max(r.size for r in rows)
   width = bucket_length(longest) if bucket else longest
+  if max_width is not None and longest <= max_width:
+    width = min(width, max_width)
   # pad_id fills the padded slots only; mask 0 keeps them out of attention and positions.
   tokens = np.full((len(rows), width), pad_id, np.int32)
   mask = np.zeros((len(rows), width), np.int32)
@@ -179,14 +185,20 @@ def sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Array, ma
     raise ValueError(f"temperature must be >= 0, got {temperature}")
   if not 0.0 < top_p <= 1.0:
     raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-  tokens, mask = prepare_prompts(prompts, config.pad_id, prompt_mask=prompt_mask)
+  if top_k < 0:
+    raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+  # The bucket is capped at the room the completion leaves: bucket up to the context, never past.
+  tokens, mask = prepare_prompts(prompts, config.pad_id, prompt_mask=prompt_mask,
+                                 max_width=config.max_seq_len - max_new_tokens)
   if tokens.max() >= config.vocab_size or tokens.min() < 0:
     raise ValueError(f"prompts hold token ids in [{tokens.min()}, {tokens.max()}], outside the "
                      f"vocabulary [0, {config.vocab_size})")
   length = tokens.shape[1] + max_new_tokens
   if length > config.max_seq_len:
-    raise ValueError(f"prompt bucket {tokens.shape[1]} + max_new_tokens {max_new_tokens} = {length} "
-                     f"exceeds the model's max_seq_len {config.max_seq_len}")
+    raise ValueError(f"prompt of {int(mask.sum(axis=1).max())} tokens (bucket {tokens.shape[1]}) + "
+                     f"max_new_tokens {max_new_tokens} = {int(mask.sum(axis=1).max()) + max_new_tokens} "
+                     f"exceeds the model's max_seq_len {config.max_seq_len}: shorten the prompt "
+                     "or lower max_new_tokens")
   if num_samples > 1:
     tokens = np.repeat(tokens, num_samples, axis=0)
     mask = np.repeat(mask, num_samples, axis=0)

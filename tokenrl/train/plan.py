@@ -116,10 +116,19 @@ class Plan:
 
   @property
   def fits(self) -> bool:
+    """The peak fits device memory (memory only: see `runs`)."""
     return self.peak_bytes <= self.devices.usable_bytes
+
+  @property
+  def runs(self) -> bool:
+    """Fits and has no problem (a batch the mesh cannot split, a context too short, ...)."""
+    return self.fits and not self.problems
 
   def verdict(self) -> str:
     used, cap = _gib(self.peak_bytes), _gib(self.devices.usable_bytes)
+    if self.fits and self.problems:
+      return (f"cannot run: {len(self.problems)} problem{'s' * (len(self.problems) > 1)} listed "
+              f"above (memory alone would fit: {used} GiB of {cap} GiB per device)")
     if self.fits:
       return f"fits ({used} GiB of {cap} GiB per device)"
     msg = f"does not fit: {used} GiB > {cap} GiB per device"
