@@ -44,6 +44,28 @@ def test_batch_scaling_divides_by_the_std_of_all_rewards():
   np.testing.assert_allclose(a, centred / np.std(r, ddof=1), rtol=1e-6)
 
 
+def test_masked_whiten_unbiased_and_population_by_hand():
+  # Valid x = [1, 2, 3, 6]: mean 3, Σ(x − 3)² = 14; unbiased var 14/3, population var 14/4.
+  x = jnp.array([[1.0, 2.0, 9.0], [3.0, 6.0, -5.0]])
+  m = jnp.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+  centred = np.array([[-2.0, -1.0, 0.0], [0.0, 3.0, 0.0]])
+  np.testing.assert_allclose(masked_whiten(x, m), centred / np.sqrt(14 / 3 + 1e-8), rtol=1e-6)
+  np.testing.assert_allclose(masked_whiten(x, m, unbiased=False), centred / np.sqrt(14 / 4 + 1e-8),
+                             rtol=1e-6)
+
+
+def test_group_size_one_never_nan():
+  # verl's singleton convention: μ = 0, σ = 1 (the unbiased std of one sample would be 0/0).
+  r = jnp.array([1.0, 0.0, 3.0])
+  a = group_relative_advantages(r, 1)
+  assert np.isfinite(np.asarray(a)).all()
+  np.testing.assert_allclose(a, np.array([1.0, 0.0, 3.0]) / (1 + 1e-6), rtol=1e-7)
+  np.testing.assert_allclose(group_relative_advantages(r, 1, ddof=0, scale_rewards="none"),
+                             [1.0, 0.0, 3.0])
+  with pytest.raises(ValueError, match="group_size"):
+    rloo_advantages(r, 1)                             # leave-one-out needs G >= 2
+
+
 def test_rloo():
   np.testing.assert_allclose(rloo_advantages(jnp.array([1.0, 0.0, 0.0]), 3), [1, -0.5, -0.5],
                              rtol=1e-6)
@@ -88,8 +110,9 @@ def test_gae_whiten_standardises_valid_tokens():
   raw, ret_raw = gae_advantages(rewards, values, mask, 0.9, 0.8)
   adv, ret = gae_advantages(rewards, values, mask, 0.9, 0.8, whiten=True)
   v = np.asarray(raw)[np.asarray(mask) > 0]
+  # Unbiased variance (ddof 1), as verl's masked_whiten.
   np.testing.assert_allclose(np.asarray(adv)[np.asarray(mask) > 0],
-                             (v - v.mean()) / np.sqrt(v.var() + 1e-8), rtol=1e-5)
+                             (v - v.mean()) / np.sqrt(v.var(ddof=1) + 1e-8), rtol=1e-5)
   np.testing.assert_allclose(ret, ret_raw)              # returns are not whitened
   np.testing.assert_allclose(masked_whiten(raw, mask) * (1 - mask), 0.0)
 
@@ -104,7 +127,7 @@ def test_registry():
     (lambda: group_relative_advantages(jnp.zeros((2, 4)), 4), "rewards"),
     (lambda: group_relative_advantages(jnp.zeros((6,)), 4), "rewards"),
     (lambda: group_relative_advantages(jnp.zeros((4,)), 4, scale_rewards="std"), "scale_rewards"),
-    (lambda: group_relative_advantages(jnp.zeros((4,)), 1), "group_size"),
+    (lambda: group_relative_advantages(jnp.zeros((4,)), 0), "group_size"),
     (lambda: rloo_advantages(jnp.zeros((4,)), 1), "group_size"),
     (lambda: gae_advantages(jnp.zeros((2, 3)), jnp.zeros((2, 4)), jnp.ones((2, 3)), 1.0, 1.0),
      "values"),

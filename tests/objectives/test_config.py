@@ -26,7 +26,8 @@ def test_grpo_defaults():
       epsilon_high=0.2, clip_ratio_c=None, importance_sampling_level="token",
       loss_agg_mode="seq-mean-token-mean", loss_scale_factor=None, beta=0.0,
       dynamic_sampling=False, overlong_buffer_len=0, num_generations=8, num_iterations=1,
-      temperature=1.0, kl_estimator="k3", entropy_coeff=0.0, top_entropy_quantile=1.0,
+      temperature=1.0, kl_estimator="k3", kl_clamp=10.0, use_bias_correction_kl=False,
+      entropy_coeff=0.0, top_entropy_quantile=1.0,
       mask_truncated_completions=False, overlong_penalty_factor=1.0, tis_imp_ratio_cap=None,
       advantage_epsilon=1e-6, advantage_std_ddof=1, gamma=1.0, lam=1.0,
       whiten_advantages=True, cliprange_value=0.2, vf_coef=0.1)
@@ -82,10 +83,29 @@ def test_resolved_options_drive_policy_loss(name):
 @pytest.mark.parametrize("field,value", [
     ("objective", "grpo2"), ("loss_agg_mode", "sum"), ("scale_rewards", "std"),
     ("kl_estimator", "k4"), ("top_entropy_quantile", 0.0), ("clip_ratio_c", 0.5),
-    ("epsilon", 1.0), ("num_generations", 1), ("gamma", 1.5),
+    ("epsilon", 1.0), ("num_generations", 0), ("gamma", 1.5), ("kl_clamp", -1.0),
 ])
 def test_bad_values_name_the_field(field, value):
   cfg = rl_config()
   cfg[field] = value
   with pytest.raises(ValueError, match=f"rl.{field}"):
     resolve_objective(cfg)
+
+
+def test_one_generation_per_prompt():
+  # GRPO with G = 1 resolves (verl's singleton convention); RLOO and DAPO's filter need G >= 2.
+  cfg = rl_config()
+  cfg.num_generations = 1
+  assert resolve_objective(cfg)["num_generations"] == 1
+  for objective in ("rloo", "dapo"):
+    cfg.objective = objective
+    with pytest.raises(ValueError, match="rl.num_generations"):
+      resolve_objective(cfg)
+
+
+def test_kl_options_resolve():
+  cfg = rl_config()
+  cfg.kl_clamp = 0.0
+  cfg.use_bias_correction_kl = True
+  opts = resolve_objective(cfg)
+  assert opts["kl_clamp"] is None and opts["use_bias_correction_kl"] is True

@@ -199,6 +199,37 @@ def test_kl_entropy_and_token_weights_terms():
   np.testing.assert_allclose(loss, (0.0 - 3.0 * 2.0) / 2, rtol=1e-6)
 
 
+def test_kl_bias_correction_by_hand():
+  # One token, A = 0, β = 1, logp = old (ρ = 1), δ = ref − logp = −1: k3 = e⁻¹ − 1 + 1 = e⁻¹.
+  # d k3/d logp = −(e^δ − 1) = 1 − e⁻¹. TRL's correction multiplies k3 by ρ = exp(logp − old),
+  # not detached: same value, gradient (1 − e⁻¹)·ρ + k3·ρ = 1 − e⁻¹ + e⁻¹ = 1.
+  logp, ref = jnp.array([[-1.0]]), jnp.array([[-2.0]])
+  m, adv = jnp.ones((1, 1)), jnp.zeros((1,))
+
+  def loss(x, corrected):
+    return policy_loss(x, logp, adv, m, ref_logp=ref, beta=1.0,
+                       use_bias_correction_kl=corrected)[0]
+
+  for corrected, grad in ((False, 1.0 - np.exp(-1.0)), (True, 1.0)):
+    np.testing.assert_allclose(loss(logp, corrected), np.exp(-1.0), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(loss)(logp, corrected), [[grad]], rtol=1e-6)
+  # Off-policy (ρ = e^0.5): the value is scaled by ρ, and the `kl` metric reports it.
+  old = logp - 0.5
+  loss_c, metrics = policy_loss(logp, old, adv, m, ref_logp=ref, beta=1.0,
+                                use_bias_correction_kl=True)
+  np.testing.assert_allclose([loss_c, metrics["kl"]], np.exp(-1.0) * np.exp(0.5), rtol=1e-6)
+
+
+def test_kl_clamp_reaches_the_loss():
+  # δ = 3: k3 = e³ − 4 ≈ 16.09, clamped to 10 by default (verl), unclamped with kl_clamp=0.
+  logp, ref, m, adv = jnp.array([[-4.0]]), jnp.array([[-1.0]]), jnp.ones((1, 1)), jnp.zeros((1,))
+  np.testing.assert_allclose(policy_loss(logp, logp, adv, m, ref_logp=ref, beta=1.0)[0], 10.0,
+                             rtol=1e-6)
+  np.testing.assert_allclose(
+      policy_loss(logp, logp, adv, m, ref_logp=ref, beta=1.0, kl_clamp=0.0)[0],
+      np.exp(3.0) - 4.0, rtol=1e-6)
+
+
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)
 @pytest.mark.parametrize("level", ["token", "sequence"])
 def test_micro_batches_with_global_denominator_sum_to_the_whole(mode, level):

@@ -41,7 +41,9 @@ def rl_config() -> ml_collections.ConfigDict:
   c.num_generations = 8                 # G: completions per prompt (N = B·G)
   c.num_iterations = 1                  # μ: policy updates per rollout batch (1 ⇒ ratio ≡ 1)
   c.temperature = 1.0                   # sampling temperature; log-probs use the same τ
-  c.kl_estimator = "k3"                 # k1|kl, k2|mse, k3|low_var_kl (verl names); used if beta>0
+  c.kl_estimator = "k3"                 # k1|kl, k2|mse, k3|low_var_kl, abs, k1+, k3+ (verl)
+  c.kl_clamp = 10.0                     # k3 family clamped to ±kl_clamp (verl 10); 0 = off (TRL)
+  c.use_bias_correction_kl = False      # KL × importance ratio π_θ/π_old (TRL name, DeepSeek-V3.2)
   c.entropy_coeff = 0.0                 # entropy bonus c_H (verl name); loss −= c_H·H
   c.top_entropy_quantile = 1.0          # keep the top-ρ entropy tokens (80/20 paper: 0.2); 1 = all
   c.mask_truncated_completions = False  # zero the loss mask of rows without EOS (TRL name)
@@ -97,7 +99,8 @@ def resolve_objective(rl_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   for key, default in preset.items():
     value = rl_cfg[key]
     opts[key] = default if value is None else value
-  for key in ("num_generations", "num_iterations", "temperature", "kl_estimator",
+  for key in ("num_generations", "num_iterations", "temperature", "kl_estimator", "kl_clamp",
+              "use_bias_correction_kl",
               "entropy_coeff", "top_entropy_quantile", "mask_truncated_completions",
               "overlong_penalty_factor", "tis_imp_ratio_cap", "advantage_epsilon",
               "advantage_std_ddof", "gamma", "lam", "whiten_advantages", "cliprange_value",
@@ -116,6 +119,7 @@ def resolve_objective(rl_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
       "clip_ratio_c": opts["clip_ratio_c"] == 0 or opts["clip_ratio_c"] > 1,
       "loss_scale_factor": opts["loss_scale_factor"] >= 0,
       "beta": opts["beta"] >= 0,
+      "kl_clamp": opts["kl_clamp"] >= 0,
       "top_entropy_quantile": 0 < opts["top_entropy_quantile"] <= 1,
       "overlong_buffer_len": opts["overlong_buffer_len"] >= 0,
       "tis_imp_ratio_cap": opts["tis_imp_ratio_cap"] >= 0,
@@ -127,10 +131,18 @@ def resolve_objective(rl_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   for key, ok in checks.items():
     if not ok:
       raise ValueError(f"rl.{key}: value {opts[key]!r} is out of range")
-  if opts["advantage_estimator"] in ("grpo", "rloo") and opts["num_generations"] < 2:
-    raise ValueError(f"rl.num_generations: expected >= 2 for a group baseline, "
-                     f"got {opts['num_generations']}")
-  for key in ("clip_ratio_c", "loss_scale_factor", "tis_imp_ratio_cap", "cliprange_value"):
+  # G = 1 is fine for 'grpo' (verl's singleton convention: A = r/(1 + ε), see
+  # group_relative_advantages), but a leave-one-out baseline and DAPO's filter need a group.
+  if opts["advantage_estimator"] == "rloo" and opts["num_generations"] < 2:
+    raise ValueError(f"rl.num_generations: expected >= 2 for rl.advantage_estimator='rloo' (the "
+                     f"leave-one-out baseline averages the other G−1 samples), got "
+                     f"{opts['num_generations']}; use advantage_estimator='grpo' for G = 1")
+  if opts["dynamic_sampling"] and opts["num_generations"] < 2:
+    raise ValueError(f"rl.num_generations: expected >= 2 with rl.dynamic_sampling=True (a group "
+                     f"of one has equal rewards and would always be dropped), got "
+                     f"{opts['num_generations']}; set --config.rl.dynamic_sampling=False")
+  for key in ("clip_ratio_c", "loss_scale_factor", "tis_imp_ratio_cap", "cliprange_value",
+              "kl_clamp"):
     opts[key] = opts[key] or None   # 0 = off / default → None, as the functions take it
   if rl_cfg.objective in methods:
     method = methods[rl_cfg.objective]

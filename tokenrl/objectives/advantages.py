@@ -38,21 +38,36 @@ def group_relative_advantages(
   `r` = `rewards [N]`; `g(i) = i // G` with `G` = `group_size`; `μ_g` = mean of the G rewards of
   group g; std uses `ddof` (1 = unbiased, as verl and TRL; 0 = population); `ε` = `epsilon`
   (verl 1e-6, TRL 1e-4). A group whose rewards are all equal gets `A = 0`. Option names follow
-  TRL's `scale_rewards`. Returns `[N]` f32, no reduction.
+  TRL's `scale_rewards`. Returns `[N]` f32 (f64 for f64 rewards), no reduction.
+
+  Exact equivalences: with `ε` = 1e-6 and 'group'/'none' this is verl's
+  `compute_grpo_outcome_advantage` (`norm_adv_by_std_in_grpo` True/False); with `ε` = 1e-4 it
+  is TRL's GRPO advantage for `scale_rewards` 'group'/'batch'/'none'.
+
+  Group size 1 (`G = 1`, one sample per prompt): verl's convention, a singleton group has
+  `μ_g = 0` and `σ_g = 1`, so `A = r/(1 + ε)` ('group'), `r/(σ_batch + ε)` ('batch') or `r`
+  ('none'): plain REINFORCE on the raw reward, never NaN (the unbiased std of one sample is
+  0/0). TRL refuses `num_generations < 2` for training; at evaluation with one generation it
+  uses `μ_g = r`, `σ_g = 0`, i.e. `A = 0`.
   """
   b = _check_rewards(rewards, group_size)
   if scale_rewards not in SCALE_REWARDS:
     raise ValueError(f"scale_rewards: expected one of {SCALE_REWARDS}, got {scale_rewards!r}")
   if ddof not in (0, 1):
     raise ValueError(f"ddof: expected 0 or 1, got {ddof!r}")
-  if scale_rewards == "group" and ddof >= group_size:
-    raise ValueError(f"group_size: expected > ddof={ddof} for scale_rewards='group', "
-                     f"got {group_size}")
-  r = rewards.astype(jnp.float32).reshape(b, group_size)        # [B,G]
-  centred = r - r.mean(axis=1, keepdims=True)                   # [B,G]
-  if scale_rewards == "group":
-    centred = centred / (r.std(axis=1, ddof=ddof, keepdims=True) + epsilon)
-  elif scale_rewards == "batch":
+  r = rewards.astype(jnp.promote_types(rewards.dtype, jnp.float32)).reshape(b, group_size)  # [B,G]
+  if group_size == 1:
+    centred = r                                                 # verl: singleton μ_g = 0, σ_g = 1
+    if scale_rewards == "group":
+      centred = centred / (1.0 + epsilon)
+  else:
+    centred = r - r.mean(axis=1, keepdims=True)                 # [B,G]
+    if scale_rewards == "group":
+      if ddof >= group_size:
+        raise ValueError(f"group_size: expected > ddof={ddof} for scale_rewards='group', "
+                         f"got {group_size}")
+      centred = centred / (r.std(axis=1, ddof=ddof, keepdims=True) + epsilon)
+  if scale_rewards == "batch":
     if ddof >= r.size:
       raise ValueError(f"rewards: expected N > ddof={ddof} for scale_rewards='batch', "
                        f"got shape {rewards.shape}")
@@ -75,18 +90,27 @@ def rloo_advantages(rewards: jax.Array, group_size: int) -> jax.Array:
   return (r - baseline).reshape(-1)
 
 
-def masked_whiten(x: jax.Array, mask: jax.Array, *, epsilon: float = 1e-8) -> jax.Array:
+def masked_whiten(x: jax.Array, mask: jax.Array, *, epsilon: float = 1e-8,
+                  unbiased: bool = True) -> jax.Array:
   """`(x − mean_m x) / sqrt(var_m x + ε)` over the positions where `mask` is 1; shapes `[N,T]`.
 
-  Mean and (population) variance are taken over all valid tokens of the batch, as verl's
-  `masked_whiten` for PPO advantages. Invalid positions are returned as 0.
+      mean_m x = Σ m·x / n,   var_m x = Σ m·(x − mean_m x)² / (n − 1)   n = Σ m, `unbiased=True`
+                              var_m x = Σ m·(x − mean_m x)² / n         `unbiased=False`, population
+
+  Statistics over all valid tokens of the batch. With the defaults this is verl's
+  `masked_whiten(values, mask)` (shift_mean=True; its `masked_var` applies Bessel's correction
+  n/(n−1)) on every valid position; invalid positions are returned as 0 here (verl whitens
+  them too), and where n = 1 the result is 0 (verl raises). Returns `x`'s shape,
+  f32 (f64 for f64 x).
   """
   if x.shape != mask.shape:
     raise ValueError(f"mask: expected shape {x.shape} (as x), got {mask.shape}")
-  m = mask.astype(jnp.float32)
-  count = jnp.maximum(m.sum(), 1.0)
-  mean = (x * m).sum() / count
-  var = (jnp.square(x - mean) * m).sum() / count
+  dtype = jnp.promote_types(x.dtype, jnp.float32)
+  x = x.astype(dtype)
+  m = mask.astype(dtype)
+  n = m.sum()
+  mean = (x * m).sum() / jnp.maximum(n, 1.0)
+  var = (jnp.square(x - mean) * m).sum() / jnp.maximum(n - 1.0 if unbiased else n, 1.0)
   return (x - mean) * jax.lax.rsqrt(var + epsilon) * m
 
 
@@ -112,9 +136,10 @@ def gae_advantages(
   `r` = `rewards [N,T]` (usually the task reward on the last valid token, plus any per-token
   shaping), `V` = `values [N,T]`, `m` = `mask [N,T]`, `γ` = `gamma`, `λ` = `lam`. Outputs
   `(advantages [N,T], returns [N,T])` f32, zero where `m = 0`. With `whiten=True` the advantages
-  (not the returns) are standardised over the valid tokens of the batch (`masked_whiten`), as
-  verl does for PPO; the default leaves them raw so the estimator stays a pure function of the
-  row. Values are constants (stop-gradient).
+  (not the returns) are standardised over the valid tokens of the batch (`masked_whiten` with
+  its defaults: unbiased variance, ε = 1e-8), as verl's `compute_gae_advantage_return` always
+  does; the default leaves them raw so the estimator stays a pure function of the row. Values
+  are constants (stop-gradient).
   """
   if rewards.ndim != 2:
     raise ValueError(f"rewards: expected shape [N,T], got {rewards.shape}")

@@ -142,6 +142,8 @@ def policy_loss(
     loss_scale_factor: float | None = None,
     beta: float = 0.0,
     kl_estimator: str = "k3",
+    kl_clamp: float | None = kl_lib.K3_CLAMP,
+    use_bias_correction_kl: bool = False,
     entropy_coeff: float = 0.0,
     token_weights: jax.Array | None = None,
     tis_imp_ratio_cap: float | None = None,
@@ -156,7 +158,7 @@ def policy_loss(
                s_i = exp( Σ_t m·(logp − old_logp) / L_i )              (value s_i, grad s_i·∇logp)
       pg     = −min( ρ·A, clip(ρ, 1−ε_l, 1+ε_h)·A )                    PPO clip, clip-higher (DAPO)
       pg     = min(pg, −c·A)   where A < 0                             dual clip (Ye et al. 2020)
-      ℓ      = w_tis · w_tok · pg  +  β · KL_k(logp, ref_logp)  −  c_H · H
+      ℓ      = w_tis · w_tok · pg  +  β · [ρ ·] KL_k(logp, ref_logp)  −  c_H · H
       loss   = aggregate_loss(ℓ, m, loss_agg_mode)
 
   Symbols: `logp [N,T]` current policy (differentiable); `old_logp [N,T]` behaviour policy
@@ -166,8 +168,12 @@ def policy_loss(
   `truncated_importance_weights(old_logp, sampler_logp, tis_imp_ratio_cap)` when the cap is set
   (None = off); `w_tok` = `token_weights [N,T]` (default 1), the hook for token-level methods,
   used as given (detach weights computed from model outputs yourself); `β` = `beta` with
-  `KL_k` the per-token estimator `kl_estimator` (k1/k2/k3, see `kl.py`; `ref_logp` required when
-  β ≠ 0); `c_H` = `entropy_coeff` with `H` = `entropy [N,T]` (required when c_H ≠ 0). The
+  `KL_k` the per-token estimator `kl_estimator` (k1/k2/k3/..., see `kl.py`; `ref_logp` required
+  when β ≠ 0), the k3 family clamped at ±`kl_clamp` (10 = verl's 'low_var_kl'; 0/None = off,
+  TRL's GRPO KL); `[ρ ·]`: with `use_bias_correction_kl` (TRL name; DeepSeek-V3.2) the KL is
+  multiplied by the same importance ratio ρ as the surrogate, not detached (TRL multiplies by
+  its `coef_1`), so it estimates KL(π_θ‖π_ref) from samples of π_old; with one update per
+  rollout ρ = 1 in value but the gradient gains `KL_k·∇logp`; `c_H` = `entropy_coeff` with `H` = `entropy [N,T]` (required when c_H ≠ 0). The
   entropy bonus and the KL term are aggregated like the policy term (verl). With one update per
   rollout `logp = old_logp` in value, so ρ = 1, nothing is clipped and the gradient is
   `−A·∇logp` per token. Papers: PPO (Schulman et al. 2017), GRPO (Shao et al. 2024), DAPO
@@ -178,8 +184,8 @@ def policy_loss(
     valid tokens): `pg_loss`, `ratio_mean`/`ratio_min`/`ratio_max`, `clipfrac_low` (ρ < 1−ε_l and
     A < 0), `clipfrac_high` (ρ > 1+ε_h and A > 0), `clipfrac`, `approx_kl` (k3 of π_θ vs
     π_old), `num_tokens`; plus `clipfrac_dual` when dual clip is on, `kl` when `ref_logp` is
-    given, `entropy` when `entropy` is given, `tis_weight_mean`/`sampler_kl` when
-    `sampler_logp` is given.
+    given (ρ-corrected with `use_bias_correction_kl`, as TRL logs it), `entropy` when `entropy`
+    is given, `tis_weight_mean`/`sampler_kl` when `sampler_logp` is given.
   """
   if logp.ndim != 2:
     raise ValueError(f"logp: expected shape [N,T], got {logp.shape}")
@@ -251,7 +257,9 @@ def policy_loss(
 
   per_token = pg
   if ref_logp is not None:
-    kl_tok = kl_lib.kl_penalty(lp, ref_logp, kl_estimator)     # [N,T]
+    kl_tok = kl_lib.kl_penalty(lp, ref_logp, kl_estimator, kl_clamp=kl_clamp)   # [N,T]
+    if use_bias_correction_kl:
+      kl_tok = kl_tok * ratio                                  # TRL: per_token_kl * coef_1
     metrics["kl"] = sg(_masked_mean(kl_tok, m))
     if beta != 0.0:
       per_token = per_token + beta * kl_tok

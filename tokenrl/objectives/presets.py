@@ -47,7 +47,7 @@ OBJECTIVES: dict[str, dict[str, Any]] = {
 # `policy_loss(..., **{k: opts[k] for k in POLICY_LOSS_OPTIONS})`.
 POLICY_LOSS_OPTIONS = ("epsilon", "epsilon_high", "clip_ratio_c", "importance_sampling_level",
                        "loss_agg_mode", "loss_scale_factor", "beta", "kl_estimator",
-                       "entropy_coeff", "tis_imp_ratio_cap")
+                       "kl_clamp", "use_bias_correction_kl", "entropy_coeff", "tis_imp_ratio_cap")
 
 OPTION_CHOICES = {
     "advantage_estimator": tuple(adv_lib.ADVANTAGE_ESTIMATORS),
