@@ -25,9 +25,9 @@ class BuildPyWithKernels(build_py):
       for path in sorted(glob.glob(os.path.join(KERNELS_DIR, "*.py"))):
         name = os.path.splitext(os.path.basename(path))[0]
         if name == "__init__":
-          raise ValueError(f"{path} must not exist: it would make the top-level `kernels/` a regular "
-                           "package that shadows the `kernels` distribution; the package file is "
-                           "tokenrl/kernels/__init__.py")
+          raise ValueError(f"{path} must not exist: it makes the top-level `kernels/` a regular "
+                           "package that shadows the `kernels` distribution; the package file "
+                           "is tokenrl/kernels/__init__.py")
         modules.append((package, name, path))
     return modules
 

@@ -70,7 +70,8 @@ def test_tokenrl_kernels_modules_come_from_the_kernels_folder():
   assert callable(tokenrl.kernels.token_logprobs_entropy)
   assert callable(tokenrl.kernels.select_tokens)
   # Editable install / source tree: the modules are the repo's files (a wheel copies them).
-  assert pathlib.Path(tokenrl.kernels.logprobs.__file__).resolve() == ROOT / "kernels" / "logprobs.py"
+  where = pathlib.Path(tokenrl.kernels.logprobs.__file__).resolve()
+  assert where == ROOT / "kernels" / "logprobs.py", where
 
 
 def test_kernels_name_in_this_process_is_not_the_repo_folder():
