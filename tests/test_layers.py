@@ -32,22 +32,6 @@ LAYERS = {
     "cli": 5,
 }
 
-# Upward imports that existed when this test was written, in method files outside the train
-# refactor: methods that train a helper model (cDPO's, RTO's DPO stand-in, TGDPO's guidance,
-# RMT's reward model) reach into tokenrl.train for its steps / workdir reader. To remove: pass
-# those as StepContext/PrefContext callables. The test fails on any import not listed here and
-# on a listed one that is gone (so the list only shrinks).
-KNOWN_UPWARD = {
-    ("tokenrl/methods/cdpo.py", "tokenrl.train.steps"),
-    ("tokenrl/methods/cdpo.py", "tokenrl.train.workdir"),
-    ("tokenrl/methods/poad.py", "tokenrl.train.batches"),
-    ("tokenrl/methods/rmt.py", "tokenrl.train.setup"),
-    ("tokenrl/methods/rto.py", "tokenrl.train.steps"),
-    ("tokenrl/methods/rto.py", "tokenrl.train.workdir"),
-    ("tokenrl/methods/tgdpo.py", "tokenrl.train.workdir"),
-}
-
-
 def _component(module: str) -> str | None:
   """'tokenrl.train.rl_loop' -> 'train'; 'tokenrl' itself -> None (the package root)."""
   parts = module.split(".")
@@ -94,7 +78,7 @@ def test_every_component_has_a_layer():
 
 
 def test_imports_go_downward_only():
-  bad, known = [], set()
+  bad = []
   for module, path in _modules():
     mine = _component(module)
     if mine is None:
@@ -103,14 +87,10 @@ def test_imports_go_downward_only():
       theirs = _component(target)
       if theirs is None or theirs == mine:
         continue
-      rel = os.path.relpath(path, os.path.join(ROOT, "..")).replace(os.sep, "/")
-      if LAYERS[theirs] > LAYERS[mine] and (rel, target) in KNOWN_UPWARD:
-        known.add((rel, target))
-      elif LAYERS[theirs] > LAYERS[mine]:
+      if LAYERS[theirs] > LAYERS[mine]:
         bad.append(f"{os.path.relpath(path, os.path.join(ROOT, '..'))}:{line} ({mine}, layer "
                    f"{LAYERS[mine]}) imports {target} ({theirs}, layer {LAYERS[theirs]})")
   assert not bad, "upward imports:\n" + "\n".join(bad)
-  assert known == KNOWN_UPWARD, f"fixed, remove from KNOWN_UPWARD: {KNOWN_UPWARD - known}"
 
 
 @pytest.mark.parametrize("source,expected", [

@@ -127,6 +127,13 @@ class StepContext:
             numpy [N,T] at the run's temperature (params default: the current policy).
   hidden    (tokens, segment_ids, prompt_len, params=None) -> (hidden [N,T,D], logits [N,T,V])
             numpy, the inputs of / the logits of the completion positions (THR and friends).
+  encode_prompts  (examples) -> token ids of each example's prompt, encoded as prompt_ids were
+            (chat template, data.max_prompt_len check), for examples a method draws itself (RMT's
+            curriculum); None where the caller gives none.
+  load_params  (workdir) -> (ModelConfig, params) of another tokenrl run's latest checkpoint
+            (a frozen model, e.g. RTO's DPO model); the train layer passes
+            tokenrl.train.workdir.load_params (a method never imports tokenrl.train). None where
+            the caller gives none (a method that needs it raises, naming its config key).
   """
 
   cfg: ml_collections.ConfigDict
@@ -145,6 +152,8 @@ class StepContext:
   score: Callable[..., Any]
   logprobs: Callable[..., Any]
   hidden: Callable[..., Any]
+  encode_prompts: Callable[[Sequence[Any]], list[list[int]]] | None = None
+  load_params: Callable[[str], tuple[ModelConfig, Any]] | None = None
 
   @property
   def tokenizer(self) -> Any:
@@ -371,3 +380,17 @@ def default_shape(ctx: StepContext, data: StepData) -> StepData:
     data.token_weights = data.token_weights * np.asarray(obj.top_entropy_mask(
         jnp.asarray(data.entropy), jnp.asarray(data.mask), opts["top_entropy_quantile"]))
   return data
+
+
+def group_minibatches(n: int, group_size: int, num_minibatches: int) -> list[np.ndarray]:
+  """Row indices of `num_minibatches` minibatches that keep whole groups together.
+
+  The partition of the N = n rows (groups of `group_size` contiguous rows) that the RL loop
+  updates on, minibatch by minibatch; a method that normalises per minibatch (POAD's advantage
+  whitening) uses the same one. Minibatch i = rows [i·n/M, (i+1)·n/M).
+  """
+  groups = n // group_size
+  if groups % num_minibatches:
+    raise ValueError(f"train.mini_batches={num_minibatches} must divide the {groups} prompt groups")
+  per = groups // num_minibatches
+  return [np.arange(i * per * group_size, (i + 1) * per * group_size) for i in range(num_minibatches)]

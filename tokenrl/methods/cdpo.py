@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from tokenrl.methods.dpo import PAIR_METRICS, PairwiseMethod
+from tokenrl.methods.forward import make_hidden_fn
 from tokenrl.methods.registry import register
 from tokenrl.objectives.cdpo import cdpo_weights, contrastive_scores
 
@@ -25,7 +26,6 @@ from tokenrl.objectives.cdpo import cdpo_weights, contrastive_scores
 @functools.lru_cache(maxsize=16)
 def _score_fn(model, prompt_len: int, beta_ce: float):
   """jitted (pos, neg, tokens [N,2,S], segment_ids) -> s [N,2,T] (contrastive scores)."""
-  from tokenrl.train.steps import make_hidden_fn  # pylint: disable=g-import-not-at-top
   logits_of = make_hidden_fn(config=model, prompt_len=prompt_len, jit=False)
 
   def fn(pos, neg, tokens, segment_ids):
@@ -74,10 +74,9 @@ class Cdpo(PairwiseMethod):
   def prepare(self, pctx):
     sec = pctx.section
     if sec.positive_workdir:
-      from tokenrl.train.workdir import load_workdir  # pylint: disable=g-import-not-at-top
       for key, path in (("positive", sec.positive_workdir), ("negative", sec.negative_workdir)):
-        _, run, params = load_workdir(path)
-        if run.model != pctx.run.model:
+        model, params = pctx.load_params(path)
+        if model != pctx.run.model:
           raise ValueError(f"rl.cdpo.{key}_workdir={path!r}: its model differs from this run's")
         pctx.aux[key] = params
       return

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from tokenrl.envs import ENVS, Segment, assemble_episodes
-from tokenrl.methods.base import StepContext, StepData
+from tokenrl.methods.base import StepContext, StepData, group_minibatches
 from tokenrl.methods.ppo import ValueMethod, rollout_values
 from tokenrl.methods.registry import register
 from tokenrl.objectives.poad import bad_advantages, normalize_advantages
@@ -193,7 +193,6 @@ class Poad(ValueMethod):
 
   # ---- shape: BAD backup with the token critic ----------------------------------------------
   def shape(self, ctx: StepContext, data: StepData) -> StepData:
-    from tokenrl.train.batches import group_minibatches  # pylint: disable=g-import-not-at-top
     sec = ctx.section
     rewards, ends = data.extra.pop(_TOKEN_REWARDS), data.extra.pop(_ACTION_END)
     values = rollout_values(ctx.params, data.tokens, data.segment_ids, data.prompt_len, ctx.model)

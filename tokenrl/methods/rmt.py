@@ -205,8 +205,10 @@ class Rmt(Method):
   def rollout(self, ctx: StepContext) -> StepData:
     # pylint: disable=g-import-not-at-top
     from tokenrl.data.prompts import bucket_length, decode_completions
-    from tokenrl.train.setup import encode_prompts
     sec, tok, G = ctx.section, ctx.tokenizer, ctx.G
+    if ctx.encode_prompts is None:
+      raise ValueError("rl.objective='rmt' draws its own curriculum examples and needs "
+                       "StepContext.encode_prompts (the RL loop passes it); got None")
     ids = tok.encode(sec.think_end, add_special_tokens=False)
     if len(ids) != 1:
       raise ValueError(f"rl.rmt.think_end={sec.think_end!r} must encode to one token")
@@ -221,7 +223,7 @@ class Rmt(Method):
     rng = _rng(jax.random.fold_in(ctx.rng, 11))
     idx, drawn = sample_curriculum(self._pool_tiers(pool), probs, len(ctx.examples), rng)
     examples = [pool[i] for i in idx]
-    prompt_ids = encode_prompts(ctx.cfg, tok, examples)
+    prompt_ids = ctx.encode_prompts(examples)
     answers = [tok.encode(str(ex["answer"]), add_special_tokens=False) for ex in examples]
     keys = [0 if sec.key_position == "first" else int(rng.integers(len(a))) for a in answers]
     prefixes = [list(p) + a[:k] for p, a, k in zip(prompt_ids, answers, keys)]

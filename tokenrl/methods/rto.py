@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,7 @@ import numpy as np
 from absl import logging
 
 from tokenrl.methods.base import StepContext, StepData
+from tokenrl.methods.forward import make_logprob_fn
 from tokenrl.methods.ppo import ValueMethod, sequence_rewards
 from tokenrl.methods.registry import register
 from tokenrl.models import value_head as vh
@@ -43,14 +44,22 @@ _LOGPROB_FNS: dict[tuple[ModelConfig, int], Any] = {}
 STAND_INS = ("", "perturbed_policy")
 
 
-def load_dpo_model(section: Any) -> tuple[ModelConfig, Any]:
-  """(config, params) of the frozen DPO model named by rl.rto.dpo_workdir / dpo_hf_path (cached)."""
+def load_dpo_model(section: Any,
+                   load_params: Callable[[str], tuple[ModelConfig, Any]] | None
+                   ) -> tuple[ModelConfig, Any]:
+  """(config, params) of the frozen DPO model named by rl.rto.dpo_workdir / dpo_hf_path (cached).
+
+  load_params: (workdir) -> (ModelConfig, params) of a tokenrl workdir's latest checkpoint
+  (StepContext.load_params; the train layer reads workdirs, this layer does not).
+  """
   if section.dpo_workdir:
     key = "workdir:" + os.path.abspath(section.dpo_workdir)
     if key not in _DPO_MODELS:
-      from tokenrl.train.workdir import load_workdir  # pylint: disable=g-import-not-at-top
-      _, run, params = load_workdir(section.dpo_workdir)
-      _DPO_MODELS[key] = (run.model, vh.policy_params(params))
+      if load_params is None:
+        raise ValueError(f"rl.rto.dpo_workdir={section.dpo_workdir!r}: reading a workdir needs "
+                         "StepContext.load_params (the RL loop passes it); got None")
+      model, params = load_params(section.dpo_workdir)
+      _DPO_MODELS[key] = (model, vh.policy_params(params))
   else:
     key = "hf:" + os.path.abspath(section.dpo_hf_path)
     if key not in _DPO_MODELS:
@@ -74,7 +83,6 @@ def _logprobs(model: ModelConfig, params: Any, data: StepData) -> np.ndarray:
   """logp [N,T] (numpy) of data's completion under params at temperature 1."""
   key = (model, data.prompt_len)
   if key not in _LOGPROB_FNS:
-    from tokenrl.train.steps import make_logprob_fn  # pylint: disable=g-import-not-at-top
     _LOGPROB_FNS[key] = make_logprob_fn(config=model, prompt_len=data.prompt_len, temperature=1.0)
   logp, _ = _LOGPROB_FNS[key](params, jnp.asarray(data.tokens), jnp.asarray(data.segment_ids))
   return np.asarray(logp, np.float32)
@@ -151,7 +159,7 @@ class Rto(ValueMethod):
                                           jax.random.fold_in(jax.random.key(ctx.cfg.seed), 11))
     if _RUN["stand_in"] is not None:
       return _RUN["ref"], ctx.model, _RUN["stand_in"]
-    dpo_model, dpo_params = load_dpo_model(ctx.section)
+    dpo_model, dpo_params = load_dpo_model(ctx.section, ctx.load_params)
     if dpo_model.vocab_size != ctx.model.vocab_size:
       raise ValueError(f"rl.rto: the DPO model's vocabulary ({dpo_model.vocab_size}) differs from "
                        f"the policy's ({ctx.model.vocab_size})")

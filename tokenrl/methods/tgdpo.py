@@ -50,11 +50,10 @@ class Tgdpo(PairwiseMethod):
       raise ValueError(f"rl.tgdpo.pref_ftx: expected >= 0, got {section.pref_ftx}")
 
   def prepare(self, pctx):
-    from tokenrl.train.workdir import load_workdir  # pylint: disable=g-import-not-at-top
     path = pctx.section.guidance_workdir
-    _, grun, params = load_workdir(path)
-    if grun.model != pctx.run.model:
-      raise ValueError(f"rl.tgdpo.guidance_workdir={path!r}: its model {grun.model} differs from "
+    model, params = pctx.load_params(path)
+    if model != pctx.run.model:
+      raise ValueError(f"rl.tgdpo.guidance_workdir={path!r}: its model {model} differs from "
                        f"this run's {pctx.run.model}")
     pctx.aux["guidance_params"] = params
 

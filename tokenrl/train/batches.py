@@ -46,12 +46,3 @@ def pg_batch(rollout: Any, *, advantages: np.ndarray, mask: np.ndarray,
       "sampler_logp": np.asarray(rollout.logprobs, np.float32),
       "token_weights": token_weights.astype(np.float32),
   }
-
-
-def group_minibatches(n: int, group_size: int, num_minibatches: int) -> list[np.ndarray]:
-  """Row indices of `num_minibatches` minibatches that keep whole groups together."""
-  groups = n // group_size
-  if groups % num_minibatches:
-    raise ValueError(f"train.mini_batches={num_minibatches} must divide the {groups} prompt groups")
-  per = groups // num_minibatches
-  return [np.arange(i * per * group_size, (i + 1) * per * group_size) for i in range(num_minibatches)]

@@ -36,7 +36,9 @@ class PrefContext:
   frozen reference; train_pairs the training pairs; logprobs(params, batch, P) -> numpy
   [N,2,T]; sft(params, pairs, which, steps, learning_rate, seed) -> params fine-tuned on
   completion `which` (0 chosen, 1 rejected); load_or_train(workdir, name, like, train_fn) ->
-  frozen params saved under WORKDIR/<name> (trained once, reloaded on resume); aux a dict the
+  frozen params saved under WORKDIR/<name> (trained once, reloaded on resume);
+  load_params(workdir) -> (ModelConfig, params) of another run's latest checkpoint
+  (tokenrl.train.workdir.load_params; methods never import tokenrl.train); aux a dict the
   method fills in `prepare`.
   """
 
@@ -49,6 +51,7 @@ class PrefContext:
   logprobs: Callable[..., np.ndarray]
   sft: Callable[..., Any]
   load_or_train: Callable[..., Any] | None = None
+  load_params: Callable[[str], tuple[Any, Any]] | None = None
   aux: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 

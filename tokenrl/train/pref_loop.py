@@ -39,6 +39,7 @@ from tokenrl.objectives.dpo import credit_map, token_rewards
 from tokenrl.optim import build_optimizer
 from tokenrl.train import pairwise as pairwise_lib
 from tokenrl.train import steps as steps_lib
+from tokenrl.train import workdir as workdir_lib
 from tokenrl.train.checkpoint import Checkpointer
 from tokenrl.train.phases import sft_optimizer
 from tokenrl.train.setup import build_run, encode_prompts
@@ -142,7 +143,8 @@ def build_preference(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
     ref["pctx"] = pairwise_lib.PrefContext(cfg=cfg, run=run, section=section, workdir=workdir,
                                            ref_params=ref["params"], train_pairs=train_pairs,
                                            logprobs=logprobs, sft=sft_params,
-                                           load_or_train=load_or_train)
+                                           load_or_train=load_or_train,
+                                           load_params=workdir_lib.load_params)
     method.prepare(ref["pctx"])
 
   def sft_phase_step(state, g, s):

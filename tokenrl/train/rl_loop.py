@@ -24,12 +24,13 @@ from tokenrl.data.pipeline import make_dataset
 from tokenrl.data.reward_runner import RewardRunner
 from tokenrl.eval import evaluate
 from tokenrl.methods import get_method
-from tokenrl.methods.base import StepContext, section_dict
+from tokenrl.methods.base import StepContext, group_minibatches, section_dict
 from tokenrl.methods.budgets import longest_prompt
 from tokenrl.methods.config import resolve_objective
 from tokenrl.optim import build_optimizer
 from tokenrl.train import batches
 from tokenrl.train import steps as steps_lib
+from tokenrl.train import workdir as workdir_lib
 from tokenrl.train.mesh import make_mesh
 from tokenrl.train.phases import sft_optimizer
 from tokenrl.train.placement import Placement
@@ -222,7 +223,9 @@ def _rl_step(cfg, opts, loss_options, method, state, shardings, place, rl_it, ru
   ctx = StepContext(cfg=cfg, opts=opts, section=section, run=run, params=params, step=rl_step,
                     rng=key, examples=list(examples), prompt_ids=encode_prompts(cfg, tok, examples),
                     G=G, T=T, state=method_state, sample=sample_fn, score=runner,
-                    logprobs=logprobs_fn, hidden=hidden_fn)
+                    logprobs=logprobs_fn, hidden=hidden_fn,
+                    encode_prompts=lambda ex: encode_prompts(cfg, tok, ex),
+                    load_params=workdir_lib.load_params)
   data = method.rollout(ctx)
   t_rollout = time.time() - t0
   data = method.shape(ctx, data)
@@ -243,7 +246,7 @@ def _rl_step(cfg, opts, loss_options, method, state, shardings, place, rl_it, ru
   metrics: dict[str, float] = {}
   n = batch["mask"].shape[0]
   for _ in range(opts["num_iterations"]):
-    for rows in batches.group_minibatches(n, G, cfg.train.mini_batches):
+    for rows in group_minibatches(n, G, cfg.train.mini_batches):
       state, m = pg_steps[P](state, place.put({k: v[rows] for k, v in batch.items()}))
   metrics.update({k: float(v) for k, v in m.items()})
   mask = data.mask

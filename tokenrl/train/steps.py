@@ -17,6 +17,9 @@ import jax.numpy as jnp
 import optax
 
 from tokenrl.methods.base import LossContext, Method
+# The completion forwards live in the methods layer (methods score with them too); re-exported
+# here because the train steps and their callers use them as steps.*.
+from tokenrl.methods.forward import completion_logprobs, make_hidden_fn, make_logprob_fn  # noqa: F401
 from tokenrl.models import transformer
 from tokenrl.models.config import ModelConfig
 from tokenrl.objectives import token_logprobs
@@ -34,19 +37,6 @@ class TrainState:
 def create_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     skipped=jnp.zeros((), jnp.int32))
-
-
-def completion_logprobs(params: Any, tokens: jax.Array, segment_ids: jax.Array, prompt_len: int,
-                        *, config: ModelConfig, temperature: float = 1.0,
-                        remat: bool = False) -> tuple[jax.Array, jax.Array]:
-  """logp, entropy [N,T] of tokens[:, P:] given tokens[:, :P+T-1] (P = prompt_len).
-
-  tokens/segment_ids [N,P+T]: left-padded prompt then completion.
-  """
-  hidden, _ = transformer.forward(params, tokens[:, :-1], config=config,
-                                  segment_ids=segment_ids[:, :-1], return_hidden=True, remat=remat)
-  logits = transformer.unembed(params, hidden[:, prompt_len - 1:], config=config)  # [N,T,V]
-  return token_logprobs(logits, tokens[:, prompt_len:], temperature=temperature)
 
 
 def _split(batch: dict[str, jax.Array], micro: int) -> dict[str, jax.Array]:
@@ -154,26 +144,3 @@ def make_pg_step(tx: optax.GradientTransformation, *, config: ModelConfig, promp
     return _apply(state, tx, loss, grads, metrics)
 
   return jax.jit(step, donate_argnums=0) if jit else step
-
-
-def make_logprob_fn(*, config: ModelConfig, prompt_len: int, temperature: float, jit: bool = True):
-  """jitted (params, tokens, segment_ids) -> (logp, entropy) [N,T] (old / reference log-probs)."""
-
-  def fn(params, tokens, segment_ids):
-    return completion_logprobs(params, tokens, segment_ids, prompt_len, config=config,
-                               temperature=temperature)
-
-  return jax.jit(fn) if jit else fn
-
-
-def make_hidden_fn(*, config: ModelConfig, prompt_len: int, jit: bool = True):
-  """jitted (params, tokens, segment_ids) -> (hidden [N,T,D], logits [N,T,V] f32) of the
-  completion positions: hidden[:, t] is the unembedding input that predicts token P + t."""
-
-  def fn(params, tokens, segment_ids):
-    hidden, _ = transformer.forward(params, tokens[:, :-1], config=config,
-                                    segment_ids=segment_ids[:, :-1], return_hidden=True)
-    hidden = hidden[:, prompt_len - 1:]
-    return hidden, transformer.unembed(params, hidden, config=config)
-
-  return jax.jit(fn) if jit else fn

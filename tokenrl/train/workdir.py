@@ -43,6 +43,17 @@ def load_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, Run, Any]:
   return cfg, run, params
 
 
+def load_params(workdir: str) -> tuple[Any, Any]:
+  """(ModelConfig, params) of a workdir's latest checkpoint: what a method's frozen model needs.
+
+  Passed to the methods layer as StepContext.load_params / PrefContext.load_params (RTO's DPO
+  model, TGDPO's guidance model, cDPO's positive / negative models), which must not import
+  tokenrl.train itself.
+  """
+  _, run, params = load_workdir(workdir)
+  return run.model, params
+
+
 def model_params(params: dict[str, Any], config: Any) -> dict[str, Any]:
   """The decoder's own params (the keys of `transformer.param_shapes`), e.g. for save_hf."""
   from tokenrl.models import transformer  # pylint: disable=g-import-not-at-top
