@@ -50,6 +50,7 @@ def data_config() -> ml_collections.ConfigDict:
   c.chat_template = False   # render prompts with the tokenizer's chat template
   c.train_size = 20_000     # embedded tasks: training examples drawn from the seed
   c.eval_size = 256         # held-out examples used for accuracy / pass@k
+  c.dev_size = 0            # training-split examples kept out of training (SFT early stop); 0 = none
   c.batch_size = 16         # B: prompts per RL step
   c.max_prompt_len = 32     # longer prompts are an error, never truncated
   return c
@@ -77,7 +78,9 @@ def reward_config() -> ml_collections.ConfigDict:
 def train_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.max_steps = 200         # RL steps
-  c.sft_steps = 0           # supervised warm-up steps on (prompt, answer) before RL
+  c.sft_steps = 0           # supervised warm-up steps on (prompt, answer) before RL (the most)
+  c.sft_target_accuracy = 0.0  # end the warm-up once greedy dev accuracy >= this (0 = all steps)
+  c.sft_check_every = 50    # SFT steps between dev-accuracy checks (with sft_target_accuracy)
   c.sft_batch_size = 64     # sequences per SFT step
   c.sft_learning_rate = 3e-3  # SFT warm-up learning rate (AdamW, constant after warm-up)
   c.micro_batch_size = 0    # sequences per gradient micro-batch; 0 = the whole minibatch

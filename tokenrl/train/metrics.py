@@ -75,6 +75,12 @@ class MetricsWriter:
     self._bar.update(1)
     self._bar.set_postfix(progress_fields(record, show), refresh=False)
 
+  def set_total(self, total_steps: int) -> None:
+    """A phase ended early: the bar's length is the steps the run can still take."""
+    if self.enabled and self._bar.total != total_steps:
+      self._bar.total = total_steps
+      self._bar.refresh()
+
   def log(self, message: str) -> None:
     if self.enabled:
       self._bar.write(message)

@@ -80,9 +80,17 @@ def build_rl(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
                     ("data.batch_size", cfg.data.batch_size)):
     if size % procs:
       raise ValueError(f"{key}={size} must be a multiple of the {procs} processes")
-  sft_it = make_dataset(run.train_examples, batch_size=cfg.train.sft_batch_size // procs,
+  if not 0.0 <= cfg.train.sft_target_accuracy <= 1.0:
+    raise ValueError(f"train.sft_target_accuracy={cfg.train.sft_target_accuracy} must be in [0, 1]")
+  if cfg.train.sft_target_accuracy > 0 and (cfg.data.dev_size < 1 or cfg.train.sft_check_every < 1):
+    raise ValueError(
+        f"train.sft_target_accuracy={cfg.train.sft_target_accuracy} needs data.dev_size >= 1 "
+        f"(got {cfg.data.dev_size}) and train.sft_check_every >= 1 (got "
+        f"{cfg.train.sft_check_every}); fix: --config.data.dev_size=512")
+  dev, train_examples = split_dev(run.train_examples, cfg.data.dev_size)
+  sft_it = make_dataset(train_examples, batch_size=cfg.train.sft_batch_size // procs,
                         seed=cfg.seed)
-  rl_it = make_dataset(run.train_examples, batch_size=cfg.data.batch_size // procs,
+  rl_it = make_dataset(train_examples, batch_size=cfg.data.batch_size // procs,
                        seed=cfg.seed + 1)
   eval_prompts = encode_prompts(cfg, tok, run.eval_examples)
   runner = RewardRunner(run.reward_fns, run.reward_weights, timeout_s=cfg.rewards.timeout_s,
@@ -126,14 +134,23 @@ def build_rl(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
                     runner, cache["pg_steps"], cache["logprob_fns"], cache["ref"], rl_tx,
                     jax.random.fold_in(base_key, g), T, s, aux["method_state"])
 
-  def run_eval(state, g, when):
+  def run_eval(state, g, when, examples=run.eval_examples, prompts=eval_prompts, num_samples=None):
     del when
     dparams = place.decode_params(state.params)
-    return evaluate(state.params, config=model, tokenizer=tok, examples=run.eval_examples,
-                    prompt_ids=eval_prompts, reward_fn=run.verifier, max_new_tokens=T,
-                    num_samples=cfg.train.eval_num_samples, temperature=opts["temperature"],
-                    rng=jax.random.fold_in(base_key, 2 ** 30 + g),
+    return evaluate(state.params, config=model, tokenizer=tok, examples=examples,
+                    prompt_ids=prompts, reward_fn=run.verifier, max_new_tokens=T,
+                    num_samples=cfg.train.eval_num_samples if num_samples is None else num_samples,
+                    temperature=opts["temperature"], rng=jax.random.fold_in(base_key, 2 ** 30 + g),
                     sampler=lambda p, ids, **kw: place.sample(p, ids, decode_params=dparams, **kw))
+
+  dev_prompts = encode_prompts(cfg, tok, dev)
+
+  def sft_done(state, g, s):
+    # Greedy accuracy on the dev examples (training split, never trained on): the warm-up ends
+    # once the policy is partly right, whatever the seed's SFT speed (never the held-out split).
+    del s
+    acc = run_eval(state, g, "dev", examples=dev, prompts=dev_prompts, num_samples=0)["accuracy"]
+    return acc >= cfg.train.sft_target_accuracy, {"dev_accuracy": acc}
 
   def summarize(state, meta, g):
     baseline, final = meta["evals"][0], meta["evals"][-1]
@@ -142,11 +159,13 @@ def build_rl(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
         "final_accuracy": final["accuracy"],
         "accuracy_gain": final["accuracy"] - baseline["accuracy"],
         **{f"final_{k}": v for k, v in final.items() if k not in ("accuracy", "step")},
-        "steps": g, "sft_steps": sft_steps, "rl_steps": rl_steps,
+        "steps": g, "sft_steps": meta["starts"][-1] if sft_steps else 0, "rl_steps": rl_steps,
         "objective": opts["objective"], "skipped_updates": int(state.skipped),
         "evals": meta["evals"]}
 
-  phases = [Phase("sft", sft_steps, sft_init, sft_step)] if sft_steps else []
+  early = cfg.train.sft_target_accuracy > 0
+  phases = [Phase("sft", sft_steps, sft_init, sft_step, done=sft_done if early else None,
+                  done_every=cfg.train.sft_check_every)] if sft_steps else []
   phases.append(Phase("rl", rl_steps, rl_init, rl_step, start=rl_start, evaluate=run_eval,
                       eval_at_start=True, eval_at_end=True, eval_every=cfg.train.eval_every,
                       show=RL_SHOW))
@@ -154,6 +173,20 @@ def build_rl(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
                  prompt_len=longest_prompt(cfg, tok, run.train_examples + run.eval_examples),
                  summarize=summarize, iterators={"sft_iterator": sft_it, "rl_iterator": rl_it},
                  aux=aux, close=runner.close)
+
+
+def split_dev(examples: list[Any], size: int) -> tuple[list[Any], list[Any]]:
+  """(dev, train): the first `size` training examples, and the rest minus any example whose
+  prompt is also a dev prompt (training draws repeat problems; a dev problem seen in training
+  would measure memory, not skill). size 0: ([], examples)."""
+  if size <= 0:
+    return [], examples
+  if size >= len(examples):
+    raise ValueError(f"data.dev_size={size} must be smaller than the {len(examples)} training "
+                     f"examples (data.train_size)")
+  dev = examples[:size]
+  held = {ex["prompt"] for ex in dev}
+  return dev, [ex for ex in examples[size:] if ex["prompt"] not in held]
 
 
 def _own_trainer(method: Any):

@@ -65,6 +65,11 @@ class Phase:
   eval_at_start / eval_at_end / eval_every: when to evaluate (eval_every in global steps).
   show        metrics shown on the progress bar during this phase.
   params_path keys from the state pytree to the model params (reopened by `load_workdir`).
+  done        optional early end: (state, g, s) -> (finished, metrics), called after every
+              `done_every` steps of the phase (s counts steps done); its metrics join that
+              step's metrics line. `steps` is then the most the phase may take, and later phases
+              start at the global step where it ended (recorded in the checkpoint, so a resumed
+              run ends the phase at the same step). Must be deterministic in (state, g, s).
   """
   name: str
   steps: int
@@ -77,6 +82,8 @@ class Phase:
   eval_every: int = 0
   show: tuple[str, ...] = ("loss",)
   params_path: tuple[str, ...] = ("params",)
+  done: Callable[[Any, int, int], tuple[bool, dict[str, Any]]] | None = None
+  done_every: int = 0
 
 
 @dataclasses.dataclass
@@ -149,9 +156,8 @@ def _template(phases: list[Phase], k: int) -> Any:
 def _loop(cfg, workdir, spec: RunSpec, ckpt: Checkpointer, start_time: float,
           is_main: bool, preempt: Preemption) -> dict[str, Any]:
   phases = spec.phases
-  offsets = _offsets(phases)
-  total = sum(p.steps for p in phases)
-  meta: dict[str, Any] = {"evals": [], "marks": [], "aux": spec.aux}
+  # starts[k]: the global step at which phase k started (a phase with `done` may end early).
+  meta: dict[str, Any] = {"evals": [], "marks": [], "aux": spec.aux, "starts": [0]}
   g, k = 0, 0
   g = ckpt.latest_step()  # the newest checkpoint that passes its digest check
   if g is not None:
@@ -160,6 +166,7 @@ def _loop(cfg, workdir, spec: RunSpec, ckpt: Checkpointer, start_time: float,
     spec.aux.clear()
     spec.aux.update(meta["aux"])
     meta["aux"] = spec.aux
+    meta.setdefault("starts", _offsets(phases)[:k + 1])  # checkpoints written before `starts`
     for name, it in spec.iterators.items():
       it.set_state(meta["iterators"][name])
     logging.info("resumed from %s at step %d (phase %s)", ckpt.directory, g, phases[k].name)
@@ -167,7 +174,9 @@ def _loop(cfg, workdir, spec: RunSpec, ckpt: Checkpointer, start_time: float,
     g = 0
     state = phases[0].init(None)
 
-  writer = MetricsWriter(workdir, total_steps=total, initial_step=g, enabled=is_main)
+  # The most steps the run can take from here (the bar's length; no periodic save at the end).
+  total = lambda: meta["starts"][k] + sum(p.steps for p in phases[k:])
+  writer = MetricsWriter(workdir, total_steps=total(), initial_step=g, enabled=is_main)
 
   def evaluate(phase: Phase, when: str) -> None:
     mark = f"{phase.name}:{when}:{g}"
@@ -198,7 +207,7 @@ def _loop(cfg, workdir, spec: RunSpec, ckpt: Checkpointer, start_time: float,
       writer.log(f"{preempt.signal_name} during start-up: exiting at step {g}")
       return {"preempted": True, "steps": g}
     while True:
-      phase, s = phases[k], g - offsets[k]
+      phase, s = phases[k], g - meta["starts"][k]
       if phase.start is not None:
         phase.start(state)
       if s == 0 and phase.eval_at_start:
@@ -209,15 +218,23 @@ def _loop(cfg, workdir, spec: RunSpec, ckpt: Checkpointer, start_time: float,
         t0 = time.time()
         state, metrics = phase.step(state, g, s)
         metrics = dict(metrics, step_seconds=time.time() - t0)
+        finished = False
+        if phase.done is not None and phase.done_every and (s + 1) % phase.done_every == 0:
+          finished, extra = phase.done(state, g + 1, s + 1)
+          metrics.update(extra)
         writer.write(g, metrics, phase=phase.name, show=phase.show)
         g, s = g + 1, s + 1
+        if finished and s < phase.steps:
+          writer.log(f"phase {phase.name} done after {s} of at most {phase.steps} steps: "
+                     + ", ".join(f"{key}={v:.3f}" for key, v in extra.items()))
+          break
         if phase.eval_every and g % phase.eval_every == 0 and s < phase.steps:
           evaluate(phase, "every")
         # Any worker's signal stops every worker at the same step (a collective checkpoint).
         if stop():
           return {"preempted": True, "steps": g}
         every = cfg.train.checkpoint_every
-        if every and g % every == 0 and g < total:
+        if every and g % every == 0 and g < total():
           save()
       if phase.eval_at_end:
         evaluate(phase, "end")
@@ -226,6 +243,8 @@ def _loop(cfg, workdir, spec: RunSpec, ckpt: Checkpointer, start_time: float,
       if k + 1 == len(phases):
         break
       k += 1
+      meta["starts"] = meta["starts"][:k] + [g]
+      writer.set_total(total())
       state = phases[k].init(state)
     save(force=True)
     ckpt.wait()

@@ -62,7 +62,7 @@ def _problems(cfg: ml_collections.ConfigDict) -> list[str]:
   need("train.mini_batches", int_ge(1), "an integer >= 1", "1", "optimizer steps per rollout batch")
   need("train.log_every", int_ge(1), "an integer >= 1", "10")
   need("train.eval_every", int_ge(0), "an integer >= 0", "0", "0 = start and end only")
-  need("train.eval_num_samples", int_ge(1), "an integer >= 1", "4", "k of pass@k")
+  need("train.eval_num_samples", int_ge(0), "an integer >= 0", "4", "k of pass@k; 0 = greedy accuracy only")
   need("train.checkpoint_every", int_ge(0), "an integer >= 0", "50", "0 = only at the end")
   need("train.keep_checkpoints", int_ge(1), "an integer >= 1", "2",
        "0 would delete every checkpoint, the final one included")
