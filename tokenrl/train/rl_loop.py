@@ -95,6 +95,9 @@ def build_rl(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
   eval_prompts = encode_prompts(cfg, tok, run.eval_examples)
   runner = RewardRunner(run.reward_fns, run.reward_weights, timeout_s=cfg.rewards.timeout_s,
                         max_workers=cfg.rewards.max_workers)
+  # Evaluation scores with the task's verifier alone, in its own long-lived timed workers.
+  eval_runner = RewardRunner({"verifier": run.verifier}, timeout_s=cfg.rewards.timeout_s,
+                             max_workers=cfg.rewards.max_workers)
   base_key = jax.random.key(cfg.seed)
   aux: dict[str, Any] = {"method_state": {}}
   cache: dict[str, Any] = {"sft_step": None, "pg_steps": {}, "logprob_fns": {}, "ref": None,
@@ -141,7 +144,8 @@ def build_rl(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
                     prompt_ids=prompts, reward_fn=run.verifier, max_new_tokens=T,
                     num_samples=cfg.train.eval_num_samples if num_samples is None else num_samples,
                     temperature=opts["temperature"], rng=jax.random.fold_in(base_key, 2 ** 30 + g),
-                    sampler=lambda p, ids, **kw: place.sample(p, ids, decode_params=dparams, **kw))
+                    sampler=lambda p, ids, **kw: place.sample(p, ids, decode_params=dparams, **kw),
+                    scorer=eval_runner)
 
   dev_prompts = encode_prompts(cfg, tok, dev)
 
@@ -172,7 +176,7 @@ def build_rl(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
   return RunSpec(phases=phases, model=model,
                  prompt_len=longest_prompt(cfg, tok, run.train_examples + run.eval_examples),
                  summarize=summarize, iterators={"sft_iterator": sft_it, "rl_iterator": rl_it},
-                 aux=aux, close=runner.close)
+                 aux=aux, close=lambda: (runner.close(), eval_runner.close()))
 
 
 def split_dev(examples: list[Any], size: int) -> tuple[list[Any], list[Any]]:

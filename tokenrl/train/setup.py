@@ -13,7 +13,7 @@ import ml_collections
 from tokenrl import models
 from tokenrl.data import rewards as rewards_lib
 from tokenrl.data import tasks as tasks_lib
-from tokenrl.data.jsonl import read_jsonl
+from tokenrl.data.jsonl import read_jsonl, where_of
 from tokenrl.data.prompts import tokenize_prompts
 from tokenrl.data.tokenizer import load_tokenizer
 
@@ -129,10 +129,12 @@ def build_run(cfg: ml_collections.ConfigDict, mesh: Any = None) -> Run:
 
 def encode_prompts(cfg: ml_collections.ConfigDict, tokenizer: Any, examples) -> list[list[int]]:
   """Token ids of each example's prompt; a prompt longer than data.max_prompt_len is an error."""
+  # A JSONL example names its file:line in any error; an embedded one its index.
+  where = [where_of(ex, f"example {i}") for i, ex in enumerate(examples)]
   ids = tokenize_prompts(tokenizer, [ex["prompt"] for ex in examples],
-                         use_chat_template=bool(cfg.data.chat_template))
+                         use_chat_template=bool(cfg.data.chat_template), where=where)
   for i, p in enumerate(ids):
     if len(p) > cfg.data.max_prompt_len:
-      raise ValueError(f"prompt {i} has {len(p)} tokens > data.max_prompt_len="
+      raise ValueError(f"{where[i]}: prompt has {len(p)} tokens > data.max_prompt_len="
                        f"{cfg.data.max_prompt_len}: {examples[i]['prompt'][:80]!r}")
   return ids

@@ -157,7 +157,9 @@ def _loop(cfg, workdir, spec: RunSpec, ckpt: Checkpointer, start_time: float,
           is_main: bool, preempt: Preemption) -> dict[str, Any]:
   phases = spec.phases
   # starts[k]: the global step at which phase k started (a phase with `done` may end early).
-  meta: dict[str, Any] = {"evals": [], "marks": [], "aux": spec.aux, "starts": [0]}
+  # ended: phases that ended early through `done` (a checkpoint taken after that, e.g. on a
+  # signal, must not resume their steps).
+  meta: dict[str, Any] = {"evals": [], "marks": [], "aux": spec.aux, "starts": [0], "ended": []}
   g, k = 0, 0
   g = ckpt.latest_step()  # the newest checkpoint that passes its digest check
   if g is not None:
@@ -167,6 +169,7 @@ def _loop(cfg, workdir, spec: RunSpec, ckpt: Checkpointer, start_time: float,
     spec.aux.update(meta["aux"])
     meta["aux"] = spec.aux
     meta.setdefault("starts", _offsets(phases)[:k + 1])  # checkpoints written before `starts`
+    meta.setdefault("ended", [])
     for name, it in spec.iterators.items():
       it.set_state(meta["iterators"][name])
     logging.info("resumed from %s at step %d (phase %s)", ckpt.directory, g, phases[k].name)
@@ -214,7 +217,7 @@ def _loop(cfg, workdir, spec: RunSpec, ckpt: Checkpointer, start_time: float,
         evaluate(phase, "start")
         if stop():
           return {"preempted": True, "steps": g}
-      while s < phase.steps:
+      while s < phase.steps and k not in meta["ended"]:
         t0 = time.time()
         state, metrics = phase.step(state, g, s)
         metrics = dict(metrics, step_seconds=time.time() - t0)
@@ -225,10 +228,11 @@ def _loop(cfg, workdir, spec: RunSpec, ckpt: Checkpointer, start_time: float,
         writer.write(g, metrics, phase=phase.name, show=phase.show)
         g, s = g + 1, s + 1
         if finished and s < phase.steps:
+          meta["ended"].append(k)  # saved from here on: a resumed run takes no more steps of it
           writer.log(f"phase {phase.name} done after {s} of at most {phase.steps} steps: "
                      + ", ".join(f"{key}={v:.3f}" for key, v in extra.items()))
-          break
-        if phase.eval_every and g % phase.eval_every == 0 and s < phase.steps:
+        if (phase.eval_every and g % phase.eval_every == 0 and s < phase.steps
+            and k not in meta["ended"]):
           evaluate(phase, "every")
         # Any worker's signal stops every worker at the same step (a collective checkpoint).
         if stop():
