@@ -136,3 +136,30 @@ def test_cli_eval_sample_export(smoke_run, tmp_path):
   _, _, params = load_workdir(workdir)
   _, exported = models.load_hf(hf_dir)
   jax.tree.map(np.testing.assert_array_equal, exported, params)
+
+
+def test_load_workdir_written_before_a_config_key_existed(smoke_run, tmp_path):
+  """A workdir whose config.json predates rewards.fns / rewards.weights still reopens (those
+  keys take the current defaults: the task verifier), with the same params; a saved key this
+  version does not know is an error naming it."""
+  import shutil
+  from tokenrl.train.workdir import load_workdir
+  workdir, _ = smoke_run
+  old = str(tmp_path / "old")
+  shutil.copytree(workdir, old, ignore=shutil.ignore_patterns("*.lock", "tb"))
+  path = os.path.join(old, "config.json")
+  with open(path) as f:
+    saved = json.load(f)
+  del saved["rewards"]["fns"], saved["rewards"]["weights"]
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  cfg, run, params = load_workdir(old)
+  assert cfg.rewards.fns == "" and cfg.rewards.weights == ""
+  assert list(run.reward_fns) == ["task"]
+  _, _, expected = load_workdir(workdir)
+  jax.tree.map(np.testing.assert_array_equal, params, expected)
+  saved["rewards"]["retired_knob"] = 1.0
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  with pytest.raises(ValueError, match=r"rewards\.retired_knob"):
+    load_workdir(old)

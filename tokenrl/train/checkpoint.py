@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 DIGEST_FILE = "digest.json"
 UNUSABLE_DIR = "checkpoints_unusable"
@@ -244,12 +245,23 @@ class Checkpointer:
 
   def restore_raw(self, step: int | None = None) -> tuple[Any, dict[str, Any]]:
     """(state, meta) of `step` (default: the latest good one) as saved, without a template
-    (arrays on the default device): for reading params out of any trainer's checkpoint."""
+    (arrays on the default device): for reading params out of any trainer's checkpoint.
+
+    The target is the saved tree's shapes and dtypes on this process's first device, not the
+    saved shardings: a checkpoint written on another topology (8 devices, a pod) is read on
+    this one (orbax refuses a template-less restore across topologies).
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(self._nothing_to_restore())
+    saved = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(os.path.join(self.step_dir(step), "state"))).tree
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device)
+        if hasattr(m, "shape") else m, saved)
     out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     return out.state, out.meta
 
   def _nothing_to_restore(self) -> str:
