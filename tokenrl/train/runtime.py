@@ -17,7 +17,8 @@ import numpy as np
 # the model (shapes, dtype), the tokenizer (vocab), the method (state layout) and the phase
 # boundaries / data order. Prefixes end with '.'.
 RERUN_KEYS = ("model.", "data.tokenizer", "data.task", "data.chat_template", "rl.objective",
-              "seed", "train.sft_steps", "optimizer.name")
+              "seed", "train.sft_steps", "train.sft_target_accuracy", "train.sft_check_every",
+              "data.dev_size", "optimizer.name")
 
 
 class Preemption:
