@@ -5,8 +5,9 @@
   python benchmarks/objectives.py --methods grpo,thr --seeds 0 --steps 60
 
 Protocol (identical for every objective):
-* Per seed, one SFT warm-up of configs/quickstart.py (400 steps, the same params for every
-  objective of that seed), written once to WORK/sft_seed<k>; each objective's run starts from it
+* Per seed, one SFT warm-up of configs/quickstart.py (its warm-up: until 40% accuracy on the
+  dev split, at most 2000 steps; the results in RESULTS.md of 2026-11-29 were measured with the
+  earlier fixed 400-step warm-up), the same params for every objective of that seed, written once to WORK/sft_seed<k>; each objective's run starts from it
   (`model.init_workdir`).
 * Then `--steps` RL steps (default 100) with the quickstart's RL settings except the batch
   (`--batch_size` prompts, default 16, x 8 samples; AdamW 5e-4 cosine, T = 6 new tokens); the
