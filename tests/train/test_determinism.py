@@ -5,7 +5,6 @@ processor, and sampled tokens then diverge. Within one machine every random draw
 of the seed and the step, so two runs agree bit for bit.
 """
 
-import importlib.util
 import json
 import os
 
@@ -15,15 +14,13 @@ import numpy as np
 from tokenrl.train.rl_loop import train
 from tokenrl.train.workdir import load_workdir
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "quickstart.py")
+from tests.configs_util import load_config
+
 TIMING = ("step_seconds", "rollout_seconds", "update_seconds", "tokens_per_second")
 
 
 def _config():
-  spec = importlib.util.spec_from_file_location("quickstart", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("smoke")
+  c = load_config("quickstart", "smoke")
   c.train.sft_steps, c.train.max_steps = 6, 4
   c.train.sft_check_every = 3  # the early-stop check runs (never reaching the target)
   c.train.async_checkpoint = False

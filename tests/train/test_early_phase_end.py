@@ -12,6 +12,8 @@ from tokenrl.models import tiny
 from tokenrl.train.rl_loop import split_dev
 from tokenrl.train.skeleton import Phase, RunSpec, run_job
 
+from tests.configs_util import load_config
+
 
 def _cfg():
   c = base_config()
@@ -103,12 +105,7 @@ def test_dev_split_is_disjoint_from_training_problems():
 
 def test_target_accuracy_without_a_dev_split_fails_at_start_up(tmp_path):
   from tokenrl.train.rl_loop import train
-  import importlib.util
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "quickstart.py")
-  spec = importlib.util.spec_from_file_location("quickstart", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config("smoke")
+  cfg = load_config("quickstart", "smoke")
   cfg.data.dev_size = 0
   cfg.train.sft_target_accuracy = 0.5
   with pytest.raises(ValueError, match="data.dev_size"):
