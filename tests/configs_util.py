@@ -13,3 +13,14 @@ def load_config(name: str, arg=None):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def set_fields(cfg, fields):
+  """cfg with each dotted key of `fields` set, e.g. {'rl.brpo.max_thinking_tokens': 22}."""
+  for key, value in fields.items():
+    *path, leaf = key.split(".")
+    node = cfg
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return cfg

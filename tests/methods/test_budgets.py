@@ -2,7 +2,6 @@
 model.max_seq_len at start-up, the message names the fixing override, and the README's quickstart
 overrides are each method's `quickstart_overrides`."""
 
-import importlib.util
 import os
 import re
 
@@ -15,24 +14,12 @@ from tokenrl.methods.dpo import PairwiseMethod
 from tokenrl.train.plan import model_config
 from tokenrl.train.setup import build_examples
 
+from tests.configs_util import load_config, set_fields
+
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
-def load_config(name: str, arg=None):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-def apply(cfg, overrides):
-  for key, value in overrides.items():
-    *path, leaf = key.split(".")
-    node = cfg
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return cfg
+apply = set_fields
 
 
 def quickstart(name: str, overrides=True):

@@ -17,6 +17,8 @@ from tokenrl.objectives import (POLICY_LOSS_OPTIONS, gae_advantages, loss_denomi
                                 value_loss)
 from tokenrl.objectives.rto import last_token_indicator
 
+from tests.configs_util import set_fields
+
 CONFIG = models.tiny("qwen2", vocab_size=20, dim=16, num_layers=1, num_heads=2, num_kv_heads=1,
                      mlp_dim=24)
 P, T, N = 3, 4, 4
@@ -25,13 +27,7 @@ P, T, N = 3, 4, 4
 def _cfg(objective, **fields):
   c = rl_config()
   c.objective = objective
-  for k, v in fields.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return set_fields(c, fields)
 
 
 def _setup(advantages, detach=False):

@@ -84,14 +84,9 @@ def test_errors_name_key_module_function_and_why(user_dir, spec, weights, msg):
 
 
 def test_build_run_resolves_rewards_fns(user_dir):
-  import importlib.util
-  import os
   from tokenrl.train import setup
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "quickstart.py")
-  spec = importlib.util.spec_from_file_location("quickstart_cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config("smoke")
+  from tests.configs_util import load_config
+  cfg = load_config("quickstart", "smoke")
   cfg.rewards.fns = f"task,{user_dir}:length_penalty"
   cfg.rewards.weights = "1,0.5"
   run = setup.build_run(cfg)
