@@ -7,9 +7,9 @@ the ones inside functions, goes to its own layer or a lower one, so there are no
                                                               tokenrl/config.py is the base
                                                               config, whose `rl` section holds
                                                               one sub-section per method)
-  3  eval
+  3  eval, analysis, audit                                 (tools over models, rollout, methods)
   4  train
-  5  cli
+  5  cli, commands                                          (commands: `tokenrl analyze|audit`)
 
 `optim` and `types` are shared low-level modules (they import nothing of tokenrl but each
 other); `config` sits with `methods` because it builds the `rl` section from the registered
@@ -27,9 +27,9 @@ LAYERS = {
     "data": 0, "models": 0, "objectives": 0, "kernels": 0, "envs": 0, "optim": 0, "types": 0,
     "rollout": 1,
     "methods": 2, "config": 2,
-    "eval": 3,
+    "eval": 3, "analysis": 3, "audit": 3,
     "train": 4,
-    "cli": 5,
+    "cli": 5, "commands": 5,
 }
 
 def _component(module: str) -> str | None:

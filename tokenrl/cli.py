@@ -6,6 +6,8 @@
   tokenrl sample --model DIR_OR_WORKDIR --prompt "12+7=" [--num_samples 4 --temperature 0.7]
   tokenrl export --workdir runs/quickstart --out hf_model/
   tokenrl plan --config configs/qwen3_8b_v5e64.py [--devices v5e-64 | --devices 64]
+  tokenrl analyze {shapley|af1|control} --model DIR | --workdir W ...   (tokenrl.commands)
+  tokenrl audit {coin|palace} ...
   tokenrl train ... --coordinator HOST:PORT --num_processes 4 --process_id 0   (multi-host)
 """
 
@@ -178,14 +180,28 @@ def _cmd_export() -> None:
 
 def main(argv) -> None:
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f"usage: tokenrl {{{'|'.join(COMMANDS)}}} [flags]")
+    raise app.UsageError(f"usage: tokenrl {{{'|'.join(COMMANDS)}|analyze|audit}} [flags]")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   {"train": _cmd_train, "eval": _cmd_eval, "sample": _cmd_sample, "export": _cmd_export,
    "plan": _cmd_plan}[argv[1]]()
 
 
+def _tool_command(argv: list[str]) -> int:
+  """`tokenrl analyze TOOL ...` / `tokenrl audit TOOL ...`: argparse subcommands (own flags)."""
+  import importlib
+  from tokenrl import commands
+  table = commands.ANALYZE if argv[1] == "analyze" else commands.AUDIT
+  if len(argv) < 3 or argv[2] not in table:
+    print(f"usage: tokenrl {argv[1]} {{{'|'.join(table)}}} [flags]  (--help for a tool's flags)",
+          file=sys.stderr)
+    return 2
+  return importlib.import_module(table[argv[2]]).run(argv[3:])
+
+
 def run() -> None:
+  if len(sys.argv) > 1 and sys.argv[1] in ("analyze", "audit"):
+    sys.exit(_tool_command(sys.argv))
   app.run(main)
 
 

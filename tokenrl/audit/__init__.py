@@ -1,0 +1,1 @@
+"""Auditing hidden tokens (spec: shared/specs/analysis-and-auditing.md §4-§5)."""
