@@ -28,6 +28,7 @@ Without a cache (training) attention is always full.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -44,6 +45,7 @@ except ImportError:  # pragma: no cover
 from tokenrl.models import layers as L
 from tokenrl.models import tokenselect as TS
 from tokenrl.models.config import ModelConfig
+from tokenrl.models.hooks import HookedOutput, Hooks, validate_hooks
 
 Params = dict[str, Any]
 Cache = dict[str, jax.Array]
@@ -235,7 +237,8 @@ def _validate(params: Params, tokens: jax.Array, config: ModelConfig, cache: Cac
     raise ValueError(
         f"params['embed'] has shape {embed_shape}, config expects {(config.vocab_size, config.dim)}")
   if not isinstance(tokens, Tracer):
-    lo, hi = int(jnp.min(tokens)), int(jnp.max(tokens))
+    host = np.asarray(tokens)  # numpy: a concrete array closed over inside jit stays concrete
+    lo, hi = (int(host.min()), int(host.max())) if host.size else (0, 0)
     if lo < 0 or hi >= config.vocab_size:
       raise ValueError(f"tokens hold ids in [{lo}, {hi}], outside the vocabulary [0, {config.vocab_size})")
   if cache is not None:
@@ -282,8 +285,8 @@ def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
 def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
             positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
             cache: Cache | None = None, return_hidden: bool = False,
-            remat: bool = False,
-            input_embeddings: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
+            remat: bool = False, input_embeddings: jax.Array | None = None,
+            hooks: Hooks | None = None) -> tuple[jax.Array, Cache | None]:
   """Run the decoder on tokens [N,S].
 
   Args:
@@ -305,10 +308,36 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
     input_embeddings: optional [N,S,D] inputs used instead of embed[tokens] (before the
       family's embedding scale), e.g. soft-token mixtures; `tokens` only gives the shape
       (padding and positions come from segment_ids / positions as above).
+    hooks: optional `tokenrl.models.Hooks` (attention-mask edits, head mask, start layer,
+      residual interventions) for analysis tools; no-cache forwards only. See
+      tokenrl/models/hooks.py; `run_with_hooks` also returns the residual stream.
 
   Returns:
     (logits [N,S,V] f32 (accumulated in f32) or hidden [N,S,D], the updated cache or None).
   """
+  out, new_cache, _ = _forward(params, tokens, config=config, positions=positions,
+                               segment_ids=segment_ids, cache=cache, return_hidden=return_hidden,
+                               remat=remat, input_embeddings=input_embeddings, hooks=hooks)
+  return out, new_cache
+
+
+def run_with_hooks(params: Params, tokens: jax.Array, *, config: ModelConfig, hooks: Hooks,
+                   positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
+                   return_hidden: bool = False, remat: bool = False,
+                   input_embeddings: jax.Array | None = None) -> HookedOutput:
+  """`forward` without a cache under `hooks`, returning the residual stream [L+1,N,S,D] too
+  when hooks.record_residuals (see tokenrl/models/hooks.py)."""
+  out, _, residuals = _forward(params, tokens, config=config, positions=positions,
+                               segment_ids=segment_ids, cache=None, return_hidden=return_hidden,
+                               remat=remat, input_embeddings=input_embeddings, hooks=hooks)
+  return HookedOutput(out, residuals)
+
+
+def _forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
+             positions: jax.Array | None, segment_ids: jax.Array | None, cache: Cache | None,
+             return_hidden: bool, remat: bool, input_embeddings: jax.Array | None,
+             hooks: Hooks | None) -> tuple[jax.Array, Cache | None, jax.Array | None]:
+  """`forward`, plus the recorded residual stream (None unless hooks.record_residuals)."""
   _validate(params, tokens, config, cache)
   c = config
   n, s = tokens.shape
@@ -323,6 +352,11 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
   if isinstance(params["layers"], (tuple, list)) and not per_layer:
     raise ValueError("params['layers'] is split per layer (split_layers); forward needs the "
                      "stacked layers unless the cache is per_layer")
+  if hooks is not None:
+    if cache is not None:
+      raise ValueError("hooks edit a no-cache forward pass only (analysis); call forward with "
+                       "cache=None when passing hooks")
+    validate_hooks(hooks, num_layers=c.num_layers, num_heads=c.num_heads, dim=c.dim, n=n, s=s)
   if segment_ids is None:
     segment_ids = jnp.ones((n, s), jnp.int32)
   valid = segment_ids != 0
@@ -365,11 +399,16 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
     x = input_embeddings.astype(params["embed"].dtype)
   if c.embed_scale != 1.0:
     x = x * jnp.asarray(c.embed_scale, x.dtype)
+  if hooks is not None and hooks.inputs_hidden is not None:
+    x = hooks.inputs_hidden.astype(x.dtype)
   norm = lambda y, w: L.rms_norm(y, w, eps=c.norm_eps, plus_one=c.norm_plus_one)
 
   def layer_fn(carry, xs):
     x, cache_k, cache_v = carry
-    p, window, layer_idx, ts_state = xs
+    p, window, layer_idx, ts_state, hook = xs
+    if hook is not None and hook.residual_delta is not None:
+      x = x + hook.residual_delta.astype(x.dtype)
+    x_in = x
     is_local = window > 0
     h = norm(x, p["attn_norm"])
     q, k, v = _dense(h, p["q"]), _dense(h, p["k"]), _dense(h, p["v"])  # [N,S,Q|K,H]
@@ -382,6 +421,8 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
     q_pre = q
     q, k = L.apply_rope(q, cos, sin), L.apply_rope(k, cos, sin)
     layer_mask = mask & ((window == 0) | (distance < window))
+    if hook is not None and hook.attn_mask is not None:  # [S,S] or [N,S,S] for this layer
+      layer_mask = layer_mask & hook.attn_mask
     if per_layer:  # this layer's own buffers: k_t [N,K,H,C], v [N,K,C,H], updated in place
       k_new = jnp.transpose(k, (0, 2, 3, 1)).astype(cache_k.dtype)  # [N,K,H,S]
       v_new = jnp.transpose(v, (0, 2, 1, 3)).astype(cache_v.dtype)  # [N,K,S,H]
@@ -403,6 +444,8 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
       else:
         attn = L.attention(q, k.astype(q.dtype), v.astype(q.dtype), layer_mask,
                            scale=c.attn_scale, softcap=c.attn_logit_softcap)
+    if hook is not None and hook.head_mask is not None:  # [Q]: per query head, before o
+      attn = attn * hook.head_mask.astype(attn.dtype)[:, None]
     attn = _dense(attn, p["o"], contract=2)
     if c.post_norms:
       attn = norm(attn, p["post_attn_norm"])
@@ -411,7 +454,8 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
     h = _gated_mlp(h, p["gate"], p["up"], p["down"], activation=c.activation)
     if c.post_norms:
       h = norm(h, p["post_mlp_norm"])
-    return (x + h, cache_k, cache_v), ts_state
+    record = x_in if hook is not None and hook.record_residuals else None
+    return (x + h, cache_k, cache_v), (ts_state, record)
 
   if remat:
     layer_fn = jax.checkpoint(layer_fn)
@@ -428,14 +472,31 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
     for l in range(c.num_layers):
       p = layers[l] if isinstance(layers, (tuple, list)) else jax.tree.map(lambda w: w[l], layers)
       (x, cache_k[l], cache_v[l]), _ = layer_fn((x, cache_k[l], cache_v[l]),
-                                                (p, c.layer_windows[l], l, None))
+                                                (p, c.layer_windows[l], l, None, None))
     cache_k, cache_v = tuple(cache_k), tuple(cache_v)
   else:
     windows = jnp.asarray(c.layer_windows, jnp.int32)
     carry = (x, None, None) if cache is None else (x, cache["k"], cache["v"])
     ts_xs = cache["ts"] if use_ts else None
-    xs = (params["layers"], windows, jnp.arange(c.num_layers, dtype=jnp.int32), ts_xs)
-    (x, cache_k, cache_v), ts_new = jax.lax.scan(layer_fn, carry, xs)
+    # Per-layer hook arrays ride along the scan; inputs_hidden is not per layer (used above).
+    layer_hooks = None if hooks is None else dataclasses.replace(hooks, inputs_hidden=None)
+    xs = (params["layers"], windows, jnp.arange(c.num_layers, dtype=jnp.int32), ts_xs,
+          layer_hooks)
+    start = 0 if hooks is None else hooks.start_layer
+    if start:  # skipped layers: scan over layers start..L-1 only (hook arrays sliced alike)
+      xs = jax.tree.map(lambda a: a[start:], xs)
+    if start < c.num_layers:
+      (x, cache_k, cache_v), (ts_new, recorded) = jax.lax.scan(layer_fn, carry, xs)
+    else:
+      cache_k, cache_v, ts_new, recorded = None, None, None, None
+
+  residuals = None
+  if hooks is not None and hooks.record_residuals:
+    n_run = c.num_layers - hooks.start_layer
+    parts = [jnp.zeros((hooks.start_layer, n, s, c.dim), x.dtype)]
+    if n_run:
+      parts.append(recorded)
+    residuals = jnp.concatenate(parts + [x[None]], axis=0)  # [L+1,N,S,D]
 
   new_cache = None
   if cache is not None:
@@ -444,8 +505,8 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
       new_cache["ts"] = ts_new if use_ts else cache["ts"]
   hidden = norm(x, params["final_norm"])
   if return_hidden:
-    return hidden, new_cache
-  return unembed(params, hidden, config=c), new_cache
+    return hidden, new_cache, residuals
+  return unembed(params, hidden, config=c), new_cache, residuals
 
 
 def _forward_chunked(params: Params, tokens: jax.Array, *, config: ModelConfig,
