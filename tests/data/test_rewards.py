@@ -75,7 +75,7 @@ def test_task_reward_dispatch_and_registry():
   assert rewards.task_reward("#### 4", {"task": "gsm8k", "answer": "4"}) == 1.0
   with pytest.raises(KeyError, match="no verifier"):
     rewards.task_reward("1", {"task": "chess"})
-  assert set(rewards.REWARD_FNS) == {"exact", "math", "format", "countdown", "task"}
+  assert set(rewards.REWARD_FNS) == {"exact", "math", "format", "countdown", "task", "count"}
 
 
 def test_regex_reward_pickles():

@@ -10,6 +10,7 @@ Built in (the registry `REWARD_FNS` maps config names to them):
   'format'    format_reward         1 if the completion states an explicit final answer
   'countdown' countdown_reward      1 if the expression uses the numbers once and hits the target
   'task'      task_reward           the verifier of example['task'] (TASK_VERIFIERS)
+  'count'     count_linear_reward   max(0, 1 - RE) of a '<count>N</count>' (tokenrl/data/palace.py)
 
 Digits, one rule for every verifier: only the ASCII digits 0-9 are digits. Other Unicode
 digits ('٧', '７', '߇') are ordinary characters: they never form a number in 'math'/'format',
@@ -40,6 +41,7 @@ import sys
 from typing import Any, Callable, Mapping
 
 from tokenrl.data import expr_parser
+from tokenrl.data import palace
 
 RewardFn = Callable[[str, Mapping[str, Any]], float]
 
@@ -233,6 +235,7 @@ TASK_VERIFIERS: dict[str, RewardFn] = {
     "sort": exact_answer_reward,
     "countdown": countdown_reward,
     "gsm8k": math_answer_reward,
+    "hidden_length": palace.count_threshold_reward,
 }
 
 
@@ -251,6 +254,7 @@ REWARD_FNS: dict[str, RewardFn] = {
     "format": format_reward,
     "countdown": countdown_reward,
     "task": task_reward,
+    "count": palace.count_linear_reward,
 }
 
 

@@ -3,6 +3,7 @@
   arith      '12+7=' -> '19'                  tiers 'add:1-2,sub:1-2,mul:1'   exact match
   sort       'sort 3142=' -> '1234'           tiers 'len:3-5'                 exact match
   countdown  'make 22 from 7 3 5=' -> '3*5+7' tiers 'nums:3,vals:1-9,target:1-50'  expression check
+  hidden_length '12+345=357;' -> '<count>150</count>' tiers 'math:1-4,code:3-8'  RE <= 0.1 (PALACE)
 
 `make_examples(task, split, n, seed, tiers=..., test_fraction=0.1, unique=False)`; train and
 test never share a prompt (see task_common.py). All prompts and answers fit `CharTokenizer`.
@@ -15,6 +16,7 @@ from typing import Any, Callable
 from tokenrl.data import rewards
 from tokenrl.data import task_arith
 from tokenrl.data import task_countdown
+from tokenrl.data import task_hidden_length
 from tokenrl.data import task_sort
 
 
@@ -30,7 +32,7 @@ class Task:
 
 TASKS: dict[str, Task] = {
     m.NAME: Task(m.NAME, m.make_examples, rewards.TASK_VERIFIERS[m.NAME], m.DEFAULT_TIERS)
-    for m in (task_arith, task_sort, task_countdown)
+    for m in (task_arith, task_sort, task_countdown, task_hidden_length)
 }
 
 
