@@ -12,7 +12,8 @@ from tokenrl.methods.config import resolve_objective
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
 ARGS = {"quickstart.py": [None, "smoke"], "qwen3_8b_v5e64.py": ["", "/models/x"],
-        "qwen2_5_1_5b_8gpu.py": ["", "/models/x"], "preference_quickstart.py": [None, "smoke"]}
+        "qwen2_5_1_5b_8gpu.py": ["", "/models/x"], "preference_quickstart.py": [None, "smoke"],
+        "palace.py": [None, "smoke", "shared", "smoke,shared"]}
 
 
 def _load(path):
