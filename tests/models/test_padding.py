@@ -57,3 +57,17 @@ def test_segment_ids_from_lengths_bad_input():
     models.segment_ids_from_lengths(np.array([-1]), 5)
   with pytest.raises(ValueError, match=r"lengths must be an int array \[N\]"):
     models.segment_ids_from_lengths(np.array([[2]]), 5)
+
+
+@pytest.mark.parametrize("declared", [None, 0, 5])
+def test_pad_token_id_round_trips_without_being_invented(declared):
+  # A config.json without pad_token_id loads with pad_id 0 (a fill value only) and is written
+  # back without one: save_hf must not declare token 0 to be padding for other libraries.
+  hf = models.config_to_hf(models.tiny("llama", vocab_size=24))
+  hf.pop("pad_token_id")
+  if declared is not None:
+    hf["pad_token_id"] = declared
+  config = models.config_from_hf(hf)
+  assert config.pad_id == (declared or 0)
+  assert models.config_to_hf(config)["pad_token_id"] == declared
+  assert models.config_from_hf(models.config_to_hf(config)) == config

@@ -115,6 +115,9 @@ class ModelConfig:
   # Fill value of padded slots only (the mask/segment ids say which slots are padding; no
   # token value is ever read as padding: a config.json without pad_token_id gives 0, a real token).
   pad_id: int = 0
+  # False when the source config.json declared no pad_token_id (pad_id then defaults to 0):
+  # save_hf writes pad_token_id null again, so a round trip does not invent one.
+  pad_id_declared: bool = True
   bos_id: int | None = None
   eos_ids: tuple[int, ...] = ()
   # KV-cache attention of prefill and decode: 'full' or 'tokenselect' (training is always full).

@@ -140,6 +140,7 @@ def config_from_hf(hf: dict[str, Any], *, where: str = "config.json") -> ModelCo
       attn_logit_softcap=hf.get("attn_logit_softcapping"),
       max_seq_len=int(hf.get("max_position_embeddings", 4096)),
       pad_id=int(hf.get("pad_token_id") if hf.get("pad_token_id") is not None else 0),
+      pad_id_declared=hf.get("pad_token_id") is not None,
       bos_id=hf.get("bos_token_id"),
       eos_ids=_eos_list(top.get("eos_token_id", hf.get("eos_token_id"))),
   )
@@ -161,7 +162,7 @@ def config_to_hf(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
       "rms_norm_eps": c.norm_eps,
       "tie_word_embeddings": c.tie_embeddings,
       "max_position_embeddings": c.max_seq_len,
-      "pad_token_id": c.pad_id,
+      "pad_token_id": c.pad_id if c.pad_id_declared else None,
       "bos_token_id": c.bos_id,
       "eos_token_id": list(c.eos_ids) if len(c.eos_ids) != 1 else c.eos_ids[0],
       "torch_dtype": dtype,
