@@ -3,6 +3,7 @@ fractions, the Shapley axioms on random games, the sampled estimator against the
 within its stated error, the model path against brute-force unbatched forwards, trace counts,
 and `tokenrl analyze shapley` end to end."""
 
+import dataclasses
 import itertools
 import json
 import math
@@ -140,8 +141,8 @@ def test_axioms_on_random_games(n):
     sym = S.exact_shapley(v + v[swap])
     np.testing.assert_allclose(sym[0], sym[1], atol=1e-12)
   # Probability-valued v: each part's φ sums to 0 over the options.
-  p = jax.nn.softmax(jnp.asarray(v), axis=-1)
-  np.testing.assert_allclose(S.exact_shapley(np.asarray(p)).sum(1), 0, atol=1e-6)
+  p = np.exp(v) / np.exp(v).sum(1, keepdims=True)
+  np.testing.assert_allclose(S.exact_shapley(p).sum(1), 0, atol=1e-12)
 
 
 def test_weights_match_the_fraction_oracle_on_a_rational_game():
@@ -270,3 +271,231 @@ def test_bad_input_names_the_argument():
     S.prefix_masks([[0, 0, 1]])
   with pytest.raises(ValueError, match=r"n must be an int in \[1, 20\]"):
     S.shapley_weights(0)
+
+
+# ---------------------------------------------------------------- on a tiny model
+
+@pytest.fixture(scope="module")
+def params():
+  """Random weights drawn on the host (a jitted init costs a compile). Norms and biases random
+  too, and embeddings large enough that next-token distributions are peaked, so φ is far from
+  0 (near-uniform logits would let the tests below pass with any φ ≈ 0)."""
+  rng = np.random.default_rng(0)
+  flat, treedef = jax.tree.flatten_with_path(models.transformer.param_specs(CFG),
+                                             is_leaf=models.transformer._is_spec)
+  leaves = []
+  for path, (shape, axes) in flat:
+    scale = 1.0 if path[-1].key == "embed" else 0.2
+    value = rng.normal(size=shape) * scale + (1.0 if axes[-1] == "norm" else 0.0)
+    leaves.append(jnp.asarray(value, jnp.float32))
+  return jax.tree.unflatten(treedef, leaves)
+
+
+# BOS and '=' permanent; four players of lengths 2, 1, 1, 3.
+TEXTS = ["ab", "7", "+", "c d"]
+PARTS = [[TOK.bos_id]] + [TOK.encode(t, add_special_tokens=False) for t in TEXTS] + [
+    TOK.encode("=", add_special_tokens=False)]
+PERMANENT = (0, 5)
+OPTIONS = [TOK.encode(c, add_special_tokens=False)[0] for c in "123"]
+
+
+WIDTH = 16
+
+
+@jax.jit
+def _last_logits(params, tokens, segment_ids, positions):
+  return models.forward(params, tokens, config=CFG, segment_ids=segment_ids,
+                        positions=positions)[0][:, -1]  # [1,V]
+
+
+def _plain_value(params, tokens, positions=None, normalize="options"):
+  """value [C] of one row by its own forward: left-padded to WIDTH (a layout the library does
+  not use: it right-pads), read at the last column, no hooks."""
+  k = len(tokens)
+  positions = list(range(k)) if positions is None else positions
+  pad = lambda row: jnp.asarray([[0] * (WIDTH - k) + list(row)], jnp.int32)
+  logits = _last_logits(params, pad(tokens), models.segment_ids_from_lengths([k], WIDTH),
+                        pad(positions))
+  return np.asarray(S.option_value_fn(OPTIONS, normalize=normalize)(logits))[0]
+
+
+def _brute_force(params, mode):
+  """{coalition (frozenset of players) -> v} with one unbatched forward per coalition."""
+  out = {}
+  for r in range(5):
+    for s in itertools.combinations(range(4), r):
+      toks, pos = [], []
+      for i, part in enumerate(PARTS):
+        j = i - 1  # player index of part i
+        start = sum(len(p) for p in PARTS[:i])
+        if i in PERMANENT or j in s:
+          toks += part
+          pos += list(range(start, start + len(part)))
+        elif mode == "placeholder":
+          toks += [TOK.encode(" ", add_special_tokens=False)[0]] * len(part)
+          pos += list(range(start, start + len(part)))
+      # 'mask': the present tokens at their original positions are what the last present
+      # token can see (hidden keys are invisible to it, and it never sees itself hidden).
+      out[frozenset(s)] = _plain_value(params, toks, pos if mode == "mask" else None)
+  return out
+
+
+@pytest.mark.parametrize("mode", ["drop", "placeholder", "mask"])
+def test_exact_attribution_equals_brute_force_forwards(params, mode):
+  games = _brute_force(params, mode)
+  space = TOK.encode(" ", add_special_tokens=False)[0] if mode == "placeholder" else None
+  res = S.shapley_attribution(params, PARTS, config=CFG, value_fn=S.option_value_fn(OPTIONS),
+                              permanent=PERMANENT, absent_mode=mode, placeholder=space)
+  assert res.exact and res.absent_mode == mode and res.players == (1, 2, 3, 4)
+  np.testing.assert_allclose(res.values, table(4, games.get).astype(float), atol=2e-6)
+  # φ from the definition's sum over the brute-force values, not through W.
+  want = np.array([[float(x) for x in row] for row in oracle(
+      4, lambda s: tuple(Fraction(float(x)) for x in games[s]))])
+  np.testing.assert_allclose(res.phi, want, atol=5e-6)
+  assert np.abs(res.phi).max() > 1e-2  # a real game, not a near-constant one
+  assert res.efficiency_error < 1e-6
+  np.testing.assert_allclose(res.phi.sum(1), 0, atol=1e-6)  # probabilities over options
+  np.testing.assert_array_equal(res.stderr, 0)
+
+
+def test_mask_mode_with_every_part_present_is_the_plain_forward(params):
+  full = [t for p in PARTS for t in p]
+  res = S.shapley_attribution(params, PARTS, config=CFG, value_fn=S.option_value_fn(OPTIONS),
+                              permanent=PERMANENT, absent_mode="mask")
+  np.testing.assert_allclose(res.v_full, _plain_value(params, full), atol=1e-6)
+  # The three values are one distribution seen three ways.
+  vocab, log, opts = (_plain_value(params, full, normalize=k) for k in ("vocab", "log", "options"))
+  np.testing.assert_allclose(np.log(vocab), log, atol=1e-5)
+  np.testing.assert_allclose(vocab / vocab.sum(), opts, atol=1e-6)
+
+
+def test_text_render_equals_token_render_for_a_char_tokenizer(params):
+  # A character tokenizer never merges across part boundaries: both renders give the same rows.
+  fn = S.option_value_fn(OPTIONS)
+  tokens = S.shapley_attribution(params, PARTS, config=CFG, value_fn=fn, permanent=PERMANENT)
+  text = S.shapley_attribution(params, TEXTS + ["="], config=CFG, value_fn=fn, permanent=(4,),
+                               render="text", encode=TOK.encode)
+  assert text.render == "text"
+  np.testing.assert_allclose(text.phi, tokens.phi, atol=1e-6)
+  with pytest.raises(ValueError, match="render='text' needs encode="):
+    S.shapley_attribution(params, TEXTS, config=CFG, value_fn=fn, render="text")
+
+
+def test_sampled_attribution_is_within_its_stated_error_of_exact(params):
+  fn = S.option_value_fn(OPTIONS)
+  exact = S.shapley_attribution(params, PARTS, config=CFG, value_fn=fn, permanent=PERMANENT)
+  sampled = S.shapley_attribution(params, PARTS, config=CFG, value_fn=fn, permanent=PERMANENT,
+                                  num_permutations=40, rng=jax.random.key(2))
+  assert not sampled.exact and sampled.num_permutations == 40 and sampled.values is None
+  assert sampled.num_rows <= 16  # chains share coalitions: each is scored once
+  assert (np.abs(sampled.phi - exact.phi) <= 4 * sampled.stderr + 1e-6).all()
+  assert sampled.efficiency_error < 1e-6
+  np.testing.assert_allclose(sampled.v_full, exact.v_full, atol=1e-6)
+
+
+def test_scoring_compiles_once_per_shape_bucket(params):
+  fn = S.option_value_fn(OPTIONS, normalize="vocab")
+  # Five players, 32 coalitions scored in chunks of 8 at a width no other test uses.
+  parts = [[1], [5, 6], [7], [8, 9], [10], [11, 12], [13]]
+  before = R.TRACES["score"]
+  S.shapley_attribution(params, parts, config=CFG, value_fn=fn, permanent=(0, 6), chunk=8,
+                        max_len=24)
+  assert R.TRACES["score"] - before == 1
+  other = [[1], [20, 21], [22], [23, 24], [25], [26, 27], [28]]  # same lengths, new values
+  res = S.shapley_attribution(params, other, config=CFG, value_fn=fn, permanent=(0, 6), chunk=8,
+                              max_len=24)
+  sampled = S.shapley_attribution(params, other, config=CFG, value_fn=fn, permanent=(0, 6),
+                                  chunk=8, max_len=24, num_permutations=6, rng=1)
+  assert R.TRACES["score"] - before == 1
+  assert res.exact and res.num_rows == 32 and not sampled.exact
+
+
+@dataclasses.dataclass
+class Unhashable:  # a mutable dataclass defines __eq__, so it has no __hash__
+  def __call__(self, logits):
+    return logits
+
+
+def test_attribution_refuses_bad_input(params):
+  fn = S.option_value_fn(OPTIONS)
+  with pytest.raises(ValueError, match=r"option id 99 is outside the vocabulary \[0, 58\)"):
+    S.shapley_attribution(params, PARTS, config=CFG, value_fn=S.option_value_fn([99]),
+                          permanent=PERMANENT)
+  with pytest.raises(ValueError, match=r"token id 70, outside the vocabulary"):
+    S.shapley_attribution(params, [[1], [70]], config=CFG, value_fn=fn, permanent=(0,))
+  with pytest.raises(ValueError, match="value_fn must be hashable"):
+    S.shapley_attribution(params, PARTS, config=CFG, value_fn=Unhashable(), permanent=PERMANENT)
+  with pytest.raises(ValueError, match="must be even with antithetic"):
+    S.shapley_attribution(params, PARTS, config=CFG, value_fn=fn, permanent=PERMANENT,
+                          num_permutations=3)
+
+
+def test_blackbox_frequencies_estimate_the_vocab_probabilities(params):
+  # v(b)_c = frequency of option c among R sampled next tokens estimates softmax(z)[o_c]: the
+  # black-box φ lies within its stated (multinomial) error of the forward-pass φ.
+  parts, permanent = PARTS[:3] + PARTS[5:], (0, 3)  # two players: 4 coalitions
+  probe = S.shapley_attribution(params, parts, config=CFG, permanent=permanent,
+                                value_fn=S.option_value_fn(range(CFG.vocab_size), normalize="vocab"))
+  top = np.argsort(-probe.v_full)[:3].tolist()  # options that actually get drawn
+  ref = S.shapley_attribution(params, parts, config=CFG, permanent=permanent,
+                              value_fn=S.option_value_fn(top, normalize="vocab"))
+  bb = S.blackbox_attribution(params, parts, config=CFG, option_ids=top, permanent=permanent,
+                              rng=jax.random.key(4), num_draws=1000)
+  assert bb.exact and bb.num_rows == 4 and bb.efficiency_error < 1e-12
+  assert (bb.stderr > 0).all()
+  assert (np.abs(bb.phi - ref.phi) <= 4 * bb.stderr).all()
+  assert (np.abs(bb.v_full - ref.v_full) <= 4 * np.sqrt(ref.v_full * (1 - ref.v_full) / 1000)).all()
+  with pytest.raises(ValueError, match="black-box mode only samples"):
+    S.blackbox_attribution(params, parts, config=CFG, option_ids=top, permanent=permanent,
+                           rng=jax.random.key(0), absent_mode="mask")
+
+
+# ---------------------------------------------------------------- CLI end to end
+
+def test_analyze_shapley_command(params, tmp_path, capsys):
+  folder = str(tmp_path / "model")
+  models.save_hf(folder, CFG, params, tokenizer=CharTokenizer())
+  png, out_json = str(tmp_path / "bars.png"), str(tmp_path / "out.json")
+  argv = ["--model", folder, "--part", "ab", "--part", "7", "--part", "+", "--part", "c d",
+          "--permanent", "=", "--option", "1", "--option", "2", "--option", "3",
+          "--uninformative", "0,3", "--out", png, "--json", out_json]
+  assert cmd.run(argv) == 0
+  out = capsys.readouterr().out
+  assert out.startswith("Shapley attribution: 4 parts, 3 options, value=options, "
+                        "absent_mode=drop, render=tokens; exact over 2^4 = 16 coalitions")
+  assert re.search(r"^# +part +φ\['1'\] +φ\['2'\] +φ\['3'\]$", out, re.M)
+  for i, text in enumerate(TEXTS):
+    assert re.search(rf"^{i} +{re.escape(repr(text))} ", out, re.M)
+  err = float(re.search(r"efficiency error .* = (\S+)", out).group(1))
+  assert err < 1e-5
+  with open(png, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  saved = json.load(open(out_json))
+  # The command's prompt is BOS + the pieces in order: the library call on PARTS.
+  assert saved["prompt_ids"] == [t for p in PARTS for t in p]
+  want = S.shapley_attribution(params, PARTS, config=CFG, value_fn=S.option_value_fn(OPTIONS),
+                               permanent=PERMANENT)
+  np.testing.assert_allclose(saved["phi"], want.phi, atol=1e-5)
+  phi0 = np.asarray(saved["phi"])[:, int(np.argmax(saved["v_full"]))]
+  assert saved["token_noise_share"] == pytest.approx(
+      np.abs(phi0[[0, 3]]).sum() / np.abs(phi0).sum(), abs=1e-9)
+  # Sampled mode prints ± and the default options are the top next tokens.
+  assert cmd.run(["--model", folder, "--part", "ab", "--part", "7", "--permanent", "=",
+                  "--num_permutations", "4", "--num_options", "2", "--out", png]) == 0
+  out = capsys.readouterr().out
+  assert "sampled, 4 orderings" in out and "±" in out and ", 2 options," in out
+
+
+def test_analyze_shapley_command_refuses_bad_input(params, tmp_path):
+  folder = str(tmp_path / "model")
+  models.save_hf(folder, CFG, params, tokenizer=CharTokenizer())
+  with pytest.raises(SystemExit, match="give at least one --part TEXT"):
+    cmd.run(["--model", folder, "--permanent", "="])
+  with pytest.raises(SystemExit, match=r"--option '12' encodes to 2 tokens"):
+    cmd.run(["--model", folder, "--part", "a", "--option", "12"])
+  with pytest.raises(SystemExit, match="--absent_mode placeholder needs --placeholder"):
+    cmd.run(["--model", folder, "--part", "a", "--absent_mode", "placeholder"])
+  with pytest.raises(SystemExit, match=r"--uninformative 2 is not a part index in \[0, 1\)"):
+    cmd.run(["--model", folder, "--part", "a", "--uninformative", "2"])
+  with pytest.raises(SystemExit, match="--num_permutations must be even and >= 2"):
+    cmd.run(["--model", folder, "--part", "a", "--num_permutations", "3"])
