@@ -33,8 +33,20 @@ TOK = CharTokenizer()
 
 @pytest.fixture(scope="module")
 def params():
-  # One jitted init (eager init compiles one small kernel per leaf).
-  return jax.jit(models.init_params, static_argnums=0)(CFG, jax.random.key(0))
+  """Random weights drawn with numpy (models.init_params compiles a random kernel per leaf,
+  seconds of the test budget): weights N(0, 0.2²), norms 1 + N(0, 0.3²), biases N(0, 0.3²),
+  as tests/models/hf_fixtures.py draws them; tied logits then have std ~1 (distinct argmaxes)."""
+  rng = np.random.default_rng(0)
+
+  def leaf(path, shape):
+    name = path[-1].key
+    noise = rng.normal(size=shape).astype(np.float32)
+    if name.endswith("norm"):
+      return jnp.asarray(1 + 0.3 * noise)
+    return jnp.asarray((0.3 if name.endswith("_bias") else 0.2) * noise)
+
+  return jax.tree_util.tree_map_with_path(leaf, models.param_shapes(CFG),
+                                          is_leaf=lambda x: isinstance(x, tuple))
 
 
 @jax.jit
@@ -120,11 +132,12 @@ def test_t2_greedy_step_on_toy():
 
 # ---------------------------------------------------------------- T3: attention bound
 
-def _attention_control_part(u, x0, i):
-  """‖y_i^u‖ of one head with W_q = W_k = W_v = I_2 over [u; X0], causal (u visible to all)."""
-  keys = np.vstack([u, x0[:i + 1]])
-  w = np.exp(keys @ x0[i] / np.sqrt(2))
-  return (w[0] / w.sum()) * np.linalg.norm(u)
+def _attention_control_part(units, x0, i):
+  """‖y_i^u‖ for each control row u of units [n,2], one head with W_q = W_k = W_v = I_2 over
+  [u; X0], causal (u, first, is visible to every row)."""
+  w_u = np.exp(units @ x0[i] / np.sqrt(2))  # [n] weight of the control key
+  w_x = np.exp(x0[:i + 1] @ x0[i] / np.sqrt(2)).sum()  # imposed keys visible to row i
+  return w_u / (w_u + w_x) * np.linalg.norm(units, axis=1)
 
 
 def test_t3_attention_bound_is_tight_on_identity_head():
@@ -136,7 +149,7 @@ def test_t3_attention_bound_is_tight_on_identity_head():
   angles = np.linspace(0, 2 * np.pi, 20001)
   units = np.stack([np.cos(angles), np.sin(angles)], 1)
   for i in range(2):
-    reach = np.array([_attention_control_part(u, x0, i) for u in units])
+    reach = _attention_control_part(units, x0, i)
     assert reach.max() <= tight[i] + 1e-6
     assert reach.max() == pytest.approx(float(tight[i]), abs=1e-4)
   # Non-causal: g_i sums over both rows, g = e^α + 1 for each, so both bounds are e^α/(2e^α+1).
@@ -175,7 +188,7 @@ def test_t4_top_candidates():
 def test_gcg_candidates_are_single_edits_from_the_top_sets():
   cur = jnp.array([[1, 2, 3], [4, 5, 6]])
   top = jnp.array(np.arange(2 * 3 * 4).reshape(2, 3, 4) + 10)  # ids never in cur
-  cand = np.asarray(C.gcg_candidates(jax.random.key(0), cur, top, 64))
+  cand = np.asarray(jax.jit(C.gcg_candidates, static_argnums=3)(jax.random.key(0), cur, top, 64))
   assert cand.shape == (2, 64, 3)
   for b in range(2):
     diff = cand[b] != np.asarray(cur)[b]
@@ -309,6 +322,34 @@ def test_backoff_results_recheck_with_plain_forward(params):
     assert (r.found, r.loss) == pytest.approx(_check(params, r.prompt, x0, y), abs=1e-4)
   eps = C.k_epsilon_curve([r.length for r in results], 3)
   assert eps[0] == pytest.approx(1 - np.mean(at_zero)) and (np.diff(eps) <= 0).all()
+
+
+def test_warm_start_extends_the_previous_prompt_to_the_left(params, monkeypatch):
+  """GCG's starting prompts with warm_start: the greedy prompt nearest x0, fresh allowed tokens
+  to its left (the search itself is replaced: only the hand-over is under test)."""
+  from tokenrl.analysis import gcg as G
+  inits = []
+
+  def fake_gcg_batch(params, pairs, *, init, **kwargs):
+    inits.append(np.array(init))
+    b = len(init)
+    return init, np.zeros(b), np.zeros(b, bool), None, None
+
+  monkeypatch.setattr(G, "gcg_batch", fake_gcg_batch)
+  x0s = [TOK.encode(p) for p, _ in PAIRS]
+  ys = [[40], [41], [42]]  # '?' '!' ... : far from any sum, so greedy is unlikely to succeed
+  blacklist = list(range(29, V))
+  greedy = C.backoff_control_batch(params, x0s, ys, config=CFG, rng=jax.random.key(0),
+                                   blacklist=blacklist, **{**SEARCH, "gcg_lengths": ()})
+  warm = C.backoff_control_batch(params, x0s, ys, config=CFG, rng=jax.random.key(0),
+                                 blacklist=blacklist, warm_start=True, **SEARCH)
+  todo = [i for i, r in enumerate(greedy) if not r.found]
+  assert todo and len(inits) == -(-len(todo) // 2)
+  rows = np.concatenate(inits)
+  for r, i in enumerate(todo):
+    assert tuple(rows[r, 1:]) == greedy[i].prompt  # k = 3 = 1 fresh + the 2 greedy tokens
+    assert rows[r, 0] not in blacklist
+    assert warm[i].prompt == tuple(rows[r])  # the (fake) search's answer is the result
 
 
 def test_bad_input_names_the_argument(params):
