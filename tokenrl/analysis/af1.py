@@ -179,10 +179,13 @@ def _slots(ref_tokens: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndar
 
 
 def _check_tokens(name: str, tokens: Any, vocab_size: int, seq_len: int | None = None) -> np.ndarray:
-  arr = np.asarray(tokens)
+  try:
+    arr = np.asarray(tokens)
+  except ValueError:  # ragged rows
+    arr = np.zeros((0,), np.int32)
   if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1 or not np.issubdtype(arr.dtype, np.integer):
-    raise ValueError(f"{name} must be int [N,S] with N, S >= 1, got {arr.dtype} "
-                     f"{tuple(arr.shape)}; rows of different lengths form separate templates: "
+    raise ValueError(f"{name} must be int [N,S] with N, S >= 1, got "
+                     f"{'ragged rows' if arr.ndim == 1 and not arr.size else (arr.dtype, arr.shape)}; rows of different lengths form separate templates: "
                      "group them by length (af1_eval does)")
   if seq_len is not None and arr.shape[1] != seq_len:
     raise ValueError(f"{name} has length S={arr.shape[1]}, but the CAMA table was built for "
@@ -232,13 +235,20 @@ def _table(sums: jax.Array, counts: jax.Array, slot_map: jax.Array, n: int,
                    l_wait=int(l_wait))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "depths", "u"))
-def _cama_chunk(params, tokens, ref_slots, weight, *, config, depths, u):
-  """Residual sums of one chunk of reference rows at each depth: [Z,S,U,D], counts [S,U]."""
+def bucket(n: int, chunk: int) -> int:
+  """Rows per model call for n rows: the next power of two, at most `chunk`. Padding every
+  call to a bucket bounds the compiles (one per (bucket, S)) whatever the set sizes are."""
+  return min(chunk, 1 << max(int(n) - 1, 0).bit_length())
+
+
+@functools.partial(jax.jit, static_argnames=("config", "u"))
+def _cama_chunk(params, tokens, ref_slots, weight, depths, *, config, u):
+  """Residual sums of one chunk of reference rows at depths i32 [Z] (traced): [Z,S,U,D], counts
+  [S,U]. U is static (one-hot width), padded to a power of two by the caller."""
   TRACES["cama_chunk"] += 1
   out = models.run_with_hooks(params, tokens, config=config,
                               hooks=models.Hooks(record_residuals=True))
-  res = out.residuals[jnp.asarray(depths)]  # [Z,N,S,D]
+  res = out.residuals[depths]  # [Z,N,S,D]
   return _segment_sums(res, ref_slots, weight, u)
 
 
@@ -247,9 +257,9 @@ def cama_tables(params: Any, ref_tokens: Any, *, config: models.ModelConfig,
   """{l_wait: CamaTable} for several depths from one pass over the reference rows.
 
   ref_tokens i32 [N_ref,S] share one template (length). The references run through the full
-  model in chunks of `chunk` rows (the last chunk padded with zero-weight rows, so one compile
-  per (chunk, S)); only the running slot sums [Z,S,U,D] are kept, never [L+1,N,S,D] for all N.
-  Spec default N_ref >= 1000 per template [recon].
+  model in chunks of at most `chunk` rows (padded with zero-weight rows to a power of two, so
+  compiles stay bounded); only the running slot sums [Z,S,U,D] are kept, never [L+1,N,S,D]
+  for all N. Spec default N_ref >= 1000 per template [recon].
   """
   ref = _check_tokens("ref_tokens", ref_tokens, config.vocab_size)
   depths = tuple(int(d) for d in l_waits)
@@ -260,7 +270,9 @@ def cama_tables(params: Any, ref_tokens: Any, *, config: models.ModelConfig,
     raise ValueError(f"chunk must be >= 1, got {chunk}")
   n, s = ref.shape
   slot_map, ref_slots, u = _slots(ref, config.vocab_size)
-  rows = min(chunk, n)
+  # One-hot width: a power of two, at least 64, so tables of one model share compiles.
+  u_pad = max(64, 1 << (u - 1).bit_length())
+  rows = bucket(n, chunk)
   sums, counts = 0.0, 0.0
   for start in range(0, n, rows):
     part, part_slots = ref[start:start + rows], ref_slots[start:start + rows]
@@ -271,8 +283,10 @@ def cama_tables(params: Any, ref_tokens: Any, *, config: models.ModelConfig,
       part = np.concatenate([part, np.zeros((pad, s), part.dtype)])
       part_slots = np.concatenate([part_slots, np.zeros((pad, s), part_slots.dtype)])
     z, c = _cama_chunk(params, jnp.asarray(part, jnp.int32), jnp.asarray(part_slots),
-                       jnp.asarray(weight), config=config, depths=depths, u=u)
+                       jnp.asarray(weight), jnp.asarray(depths, jnp.int32), config=config,
+                       u=u_pad)
     sums, counts = sums + z, counts + c
+  sums, counts = sums[:, :, :u], counts[:, :u]
   smap = jnp.asarray(slot_map)
   return {d: _table(sums[i], counts, smap, n, d) for i, d in enumerate(depths)}
 

@@ -64,9 +64,9 @@ def _full_last_logits(params, tokens, *, config):
 
 
 def _chunks(tokens: np.ndarray, chunk: int):
-  """(start, rows padded to one chunk shape, real count): one compile per (chunk, S)."""
+  """(start, rows padded to a bucket shape, real count): bounded compiles (af1.bucket)."""
   n = len(tokens)
-  rows = min(chunk, n)
+  rows = A.bucket(n, chunk)
   for start in range(0, n, rows):
     part = tokens[start:start + rows]
     real = len(part)
