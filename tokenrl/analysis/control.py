@@ -117,7 +117,11 @@ def backoff_control_batch(params: Any, x0s: Sequence[Any], ys: Sequence[Any], *,
   token). Pairs of any lengths share compiled shapes. rng: jax PRNG key.
   blacklist: ids never placed in a control prompt. top_k, batch_size, num_iters: GCG's
   settings (spec defaults 128, 768, 34). chunk: model rows per call (memory). pair_batch: pairs
-  searched together. on_stage(name, pairs searched, seconds) is called after each stage.
+  searched together. keep_best, warm_start: the [recon] flags of the module docstring.
+  on_stage(name, pairs searched, seconds) is called after each stage.
+  Returns one ControlResult per pair, in order (ℓ = NOT_FOUND when no length tried works).
+  Raises ValueError naming the argument (ids outside the vocabulary, empty states, lengths not
+  1..n / not increasing, top_k above the allowed tokens, rows longer than max_seq_len).
   """
   apply = CL.resolve_apply(config, apply_fn)
   vocab = CL.vocab_size(params)
