@@ -423,6 +423,9 @@ def test_attribution_refuses_bad_input(params):
                           permanent=PERMANENT)
   with pytest.raises(ValueError, match=r"token id 70, outside the vocabulary"):
     S.shapley_attribution(params, [[1], [70]], config=CFG, value_fn=fn, permanent=(0,))
+  with pytest.raises(ValueError, match="longest coalition row has 65 tokens, past the model's "
+                     "max_seq_len 64"):
+    S.shapley_attribution(params, [[1], [5] * 64], config=CFG, value_fn=fn, permanent=(0,))
   with pytest.raises(ValueError, match="value_fn must be hashable"):
     S.shapley_attribution(params, PARTS, config=CFG, value_fn=Unhashable(), permanent=PERMANENT)
   with pytest.raises(ValueError, match="must be even with antithetic"):
@@ -434,8 +437,8 @@ def test_blackbox_frequencies_estimate_the_vocab_probabilities(params):
   # v(b)_c = frequency of option c among R sampled next tokens estimates softmax(z)[o_c]: the
   # black-box φ lies within its stated (multinomial) error of the forward-pass φ.
   parts, permanent = PARTS[:3] + PARTS[5:], (0, 3)  # two players: 4 coalitions
-  probe = S.shapley_attribution(params, parts, config=CFG, permanent=permanent,
-                                value_fn=S.option_value_fn(range(CFG.vocab_size), normalize="vocab"))
+  every = S.option_value_fn(range(CFG.vocab_size), normalize="vocab")
+  probe = S.shapley_attribution(params, parts, config=CFG, permanent=permanent, value_fn=every)
   top = np.argsort(-probe.v_full)[:3].tolist()  # options that actually get drawn
   ref = S.shapley_attribution(params, parts, config=CFG, permanent=permanent,
                               value_fn=S.option_value_fn(top, normalize="vocab"))

@@ -278,7 +278,8 @@ def shapley_attribution(params: Any, prompt_parts: Sequence[Any], *, config: Any
     num_permutations: None = exact when n ≤ 12, else 256 sampled orderings; an int = sampled.
     antithetic: sampled orderings in (π, reverse π) pairs.
     rng: orderings' randomness (numpy Generator, int seed or jax key; None = seed 0).
-    chunk: rows per compiled forward (memory); max_len: row width (default: bucketed).
+    chunk: rows per compiled forward (memory: 'mask' also holds a bool [L,chunk,S,S] mask, so
+      lower it for deep models and long prompts); max_len: row width (default: bucketed).
 
   Returns:
     ShapleyResult; phi [n,C] over the players in prompt order.
@@ -296,9 +297,12 @@ def shapley_attribution(params: Any, prompt_parts: Sequence[Any], *, config: Any
   if rows.tokens.max() >= config.vocab_size:
     raise ValueError(f"prompt_parts hold token id {int(rows.tokens.max())}, outside the "
                      f"vocabulary [0, {config.vocab_size})")
-  if rows.tokens.shape[1] > config.max_seq_len:
-    raise ValueError(f"coalition rows are {rows.tokens.shape[1]} tokens wide, past the model's "
-                     f"max_seq_len {config.max_seq_len}: shorten the prompt")
+  if rows.lengths.max() > config.max_seq_len:
+    raise ValueError(f"the longest coalition row has {int(rows.lengths.max())} tokens, past the "
+                     f"model's max_seq_len {config.max_seq_len}: shorten the prompt")
+  if max_len is None and rows.tokens.shape[1] > config.max_seq_len:
+    # The width bucket rounds up; past the context it is cut back (no row is that long).
+    rows = Coalitions(*(a[:, :config.max_seq_len] if a.ndim == 2 else a for a in rows))
   scored = score_coalitions(params, rows, config=config, value_fn=value_fn,
                             hide=absent_mode == "mask", chunk=chunk)
   if scored.ndim != 2:
@@ -352,7 +356,7 @@ def blackbox_attribution(params: Any, prompt_parts: Sequence[Any], *, config: An
   options = option_value_fn(option_ids).option_ids
   players = _num_players(prompt_parts, permanent, render)
   n = len(players)
-  exact, masks, orders = _plan(n, num_permutations, antithetic, rng if rng is not None else 0)
+  exact, masks, orders = _plan(n, num_permutations, antithetic, rng)
   rows = _rows(prompt_parts, masks, permanent=permanent, absent_mode=absent_mode,
                placeholder=placeholder, render=render, encode=encode, max_len=None)
   prompts = [r[:k].tolist() for r, k in zip(rows.tokens, rows.lengths)]
