@@ -16,10 +16,15 @@ Exact (hand-checked in tests) vs proposed:
             focal loss + Adam for the heads; naive and adaptive attacks exist
   [recon]   fixed-size blocks (default 16; `partition(rule='separators')` is the alternative),
             encoder = mean-pooled final-normed hidden states of a tokenrl model over each block
-            (or token) encoded alone, head form sigmoid(γ·cos(W_a a, W_b b) + β) on
+            (or token) encoded alone (or its mean-pooled input embeddings), head form sigmoid(γ·cos(W_a a, W_b b) + β) on
             standardized inputs, the answer side of Model B, the attack fixtures, s, the 0.5
             threshold, every training hyperparameter (the paper's lr 2e-5 fine-tunes an encoder;
             here only small heads train on frozen features, so the default lr is larger).
+
+What the commitment does not do: it stops the count or any leaf from changing after the bill,
+and it keeps padding leaves out of every audit; it cannot stop a provider from committing
+fabricated leaves in the first place. Catching those is the job of Models A, B and the verifier,
+and only for leaves the s samples hit (`detection_probability` is that ceiling).
 
 Array math is pure jnp (jittable); hashing and sampling are on the host.
 """

@@ -117,12 +117,25 @@ def _p_benign(verifier, scores, masks) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Cases:
-  """The encoded traces of one experiment: kind [n] ('honest' or an attack), extra [n] (inflated
-  tokens as a fraction of the honest part), train [n] (False = held out), traces [n]."""
+  """The traces of one experiment: kind [n] ('honest' or an attack), extra [n] (inflated tokens
+  as a fraction of the honest part), train [n] (False = held out), hidden and visible token
+  ids, and traces [n] (encoded; `encode_cases` re-encodes them with another encoder)."""
   kind: np.ndarray
   extra: np.ndarray
   train: np.ndarray
+  hidden: list[np.ndarray]
+  visible: list[np.ndarray]
   traces: list[coin.EncodedTrace]
+
+
+def encode_cases(cases: Cases, params: Any, config: Any, settings: Settings,
+                 log=print) -> Cases:
+  """The same cases encoded with FrozenEncoder(features=settings.features)."""
+  t0 = time.time()
+  encoder = coin.FrozenEncoder(params, config=config, features=settings.features)
+  enc = coin.encode_traces(encoder, cases.hidden, cases.visible, block_size=settings.block_size)
+  log(f"encoded {len(enc)} traces ({settings.features}) in {time.time() - t0:.1f}s")
+  return dataclasses.replace(cases, traces=enc)
 
 
 def build_cases(params: Any, config: Any, tokenizer: Any, settings: Settings,
@@ -171,13 +184,10 @@ def build_cases(params: Any, config: Any, tokenizer: Any, settings: Settings,
       hidden = coin.inflate_naive(rng, hidden, extra, vocab=vocab, mode=kind.split("_")[1])
     cases.append((kind, frac, hidden, visible, train))
 
-  t0 = time.time()
-  encoder = coin.FrozenEncoder(params, config=config, features=st.features)
-  enc = coin.encode_traces(encoder, [c[2] for c in cases], [c[3] for c in cases],
-                           block_size=st.block_size)
-  log(f"encoded {len(enc)} traces in {time.time() - t0:.1f}s")
-  return Cases(np.array([c[0] for c in cases]), np.array([c[1] for c in cases]),
-               np.array([c[4] for c in cases]), enc)
+  raw_cases = Cases(np.array([c[0] for c in cases]), np.array([c[1] for c in cases]),
+                    np.array([c[4] for c in cases]), [c[2] for c in cases],
+                    [c[3] for c in cases], [])
+  return encode_cases(raw_cases, params, config, st, log)
 
 
 def evaluate(cases: Cases, settings: Settings, rng: np.random.Generator,
