@@ -92,9 +92,7 @@ def _leaf_batch(traces: Sequence[coin.EncodedTrace], s_per_trace: Sequence[int],
   for r, (t, s) in enumerate(zip(traces, s_per_trace)):
     s = min(s, t.tokens.size)
     idx = coin.sample_indices(rng, t.tokens.size, s)
-    # Only the sampled rows' fingerprints are built: the same values the provider commits to.
-    rows = coin.fingerprints(t.block_emb, t.token_emb[idx], t.block_index[idx])
-    fps[r, :s] = np.asarray(rows)
+    fps[r, :s] = t.fingerprints[idx]  # what the provider would open for these leaves
     slot[r, :s], _ = coin.block_slots(idx, fps[r, :s], block_size=block_size)
     slot[r, s:] = np.arange(s, width)  # unused slots point at themselves, masked out
     mask[r, :s] = 1.0
