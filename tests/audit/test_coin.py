@@ -246,6 +246,8 @@ def test_deepset_is_invariant_to_block_order_and_masked_content():
   changed = scores.copy()
   changed[0] = 0.5
   assert not np.allclose(apply(params, changed, mask), p)
+  with pytest.raises(ValueError, match=r"scores must be \[α,2\] and mask \[α\]"):
+    apply(params, scores[:, :1], mask)
 
 
 def test_block_scores_average_each_sampled_block():

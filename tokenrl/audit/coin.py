@@ -319,6 +319,9 @@ def deepset_verifier_logit(params: dict[str, Any], scores: jax.Array, mask: jax.
   φ and ρ are two-layer ReLU MLPs. Masked blocks contribute exactly 0 (jnp.where, so even NaN
   content is ignored), and the sum makes the output independent of block order.
   """
+  if scores.ndim != 2 or scores.shape[1] != 2 or mask.shape != scores.shape[:1]:
+    raise ValueError(f"scores must be [α,2] and mask [α], got {scores.shape} and {mask.shape}; "
+                     "vmap over a leading trace axis")
   layer = lambda p, x: x @ p["w"] + p["b"]
   h = jax.nn.relu(layer(params["phi2"], jax.nn.relu(layer(params["phi1"], scores))))  # [α, W]
   pooled = jnp.sum(jnp.where(mask[:, None] > 0, h, 0.0), axis=0)  # [W]
@@ -505,7 +508,7 @@ def encode_trace(encoder: FrozenEncoder, tokens: Any, answer: Any, **kw: Any) ->
 
 def token_block_pairs(rng: np.random.Generator, traces: Sequence[EncodedTrace],
                       n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Model A's training pairs (block_emb [n,E], token_emb [n,E], label [n]).
+  """Model A's training pairs (block_emb [n',E], token_emb [n',E], label [n']), n' <= n.
 
   Half positives (a token and its own block), half negatives (a block and a token id drawn
   from another trace that does not occur in that block: token embeddings are functions of the
@@ -526,7 +529,7 @@ def token_block_pairs(rng: np.random.Generator, traces: Sequence[EncodedTrace],
       if int(o.tokens[i]) not in in_block:
         break
     else:
-      continue  # a block holding every token seen: no clean negative for it
+      continue  # a block holding every token drawn: no clean negative for it (n' < n)
     a.append(t.block_emb[j]), b.append(o.token_emb[i]), y.append(0.0)
   return np.stack(a), np.stack(b), np.asarray(y, np.float32)
 
