@@ -10,10 +10,14 @@ What it does: the embedded task hidden_length (tokenrl/data/task_hidden_length.p
   pairs from two domains (math: addition, code: sorting) whose hidden trace length is a noisy
   (±10%) linear function of the digit count with a different scale per domain. The estimator
   reads 'math:12+345=357;' (the domain tag: data.tiers tag:1; at audit time a router picks it)
-  and writes '<count>m</count>'. SFT on the true counts, then GRPO (rl.objective=palace) with
-  the reward max(0, 1 − RE). Evaluation accuracy is acc@0.1.
-Expected result: see benchmarks/results/analysis_palace.json (benchmarks/analysis_palace.py runs
-  this config at a smaller budget, routed and shared, over seeds) and the README's PALACE section.
+  and writes '<count>m</count>'. 200 SFT steps on the true counts, then 100 GRPO steps
+  (rl.objective=palace) with the reward max(0, 1 − RE). Evaluation accuracy is acc@0.1.
+Expected result (measured 2026-12-07 with benchmarks/analysis_palace.py, which runs these
+  settings as an SFT run and a GRPO run from it, seeds 0 and 1, 256 held-out pairs, greedy,
+  router-chosen tags): mean relative error 0.067 -> 0.056 and acc@0.1 0.77 -> 0.90 from SFT to
+  GRPO (the task's noise allows at best 0.050 and 0.965; 100 more SFT steps instead of GRPO:
+  0.066 and 0.78). :shared ends at 0.064 and 0.88. Wall time 4.5-7 min on 2 CPU cores shared with
+  other jobs (compile and evaluations included); results: benchmarks/results/analysis_palace.json.
 """
 
 from tokenrl.config import base_config
@@ -51,12 +55,14 @@ def get_config(arg=None):
   c.optimizer.learning_rate = 3e-4
   c.optimizer.schedule = "constant"
   c.optimizer.warmup_steps = 10
-  c.train.sft_steps = 600
+  # SFT on noisy targets plateaus early (per-token loss ~0.19 from step ~100 on); more of it
+  # does not lower the error (the benchmark's longer-SFT control), GRPO on RE does.
+  c.train.sft_steps = 200
   c.train.sft_batch_size = 64
   c.train.sft_learning_rate = 3e-3
-  c.train.max_steps = 200
-  c.train.checkpoint_every = 100
-  c.train.eval_every = 100
+  c.train.max_steps = 100
+  c.train.checkpoint_every = 50
+  c.train.eval_every = 50
   c.train.eval_num_samples = 0
   if "smoke" in parts:  # a few steps of each phase, for tests and notebooks
     c.train.sft_steps = 4

@@ -189,6 +189,19 @@ def test_pooled_features_ignore_padding():
   np.testing.assert_allclose(both[0], alone[0], atol=1e-5)
 
 
+def test_chunked_estimates_and_features_equal_one_batch():
+  config, params = _tiny_model()
+  texts = ["5+2=7;", "sort 31415926=11234569;", "math:12+345=357;"]
+  one = palace.pooled_features(params, texts, config=config, tokenizer=TOK)
+  chunked = palace.pooled_features(params, texts, config=config, tokenizer=TOK, batch_size=2)
+  np.testing.assert_allclose(chunked, one, atol=1e-5)
+  kw = dict(config=config, tokenizer=TOK, max_new_tokens=6)
+  pred_one, texts_one = palace.estimate_counts(params, texts, **kw)
+  pred_chunked, texts_chunked = palace.estimate_counts(params, texts, batch_size=2, **kw)
+  assert texts_chunked == texts_one and len(texts_one) == 3
+  np.testing.assert_array_equal(pred_chunked, pred_one)
+
+
 # ---- the method's own reward, on a fake step ------------------------------------------------
 
 
