@@ -256,6 +256,18 @@ def test_method_config_errors_name_the_key():
     load_config("palace", "smok")
 
 
+def test_task_without_counts_is_refused_at_start_up(tmp_path):
+  # The quickstart task has no hidden counts: every reward would be 0 for the whole run.
+  from tokenrl.train.rl_loop import train  # pylint: disable=g-import-not-at-top
+  cfg = load_config("quickstart", "smoke")
+  cfg.rl.objective = "palace"
+  with pytest.raises(ValueError, match=r"no example of data.task='arith' carries a hidden count"):
+    train(cfg, str(tmp_path / "run"))
+  ckpts = tmp_path / "run" / "checkpoints"
+  assert not (tmp_path / "run" / "summary.json").exists()
+  assert not ckpts.exists() or not any(ckpts.iterdir())  # refused before any step
+
+
 # ---- through the real loop, then the audit command -----------------------------------------
 
 

@@ -248,6 +248,11 @@ class Method:
     """Raise ValueError naming `rl.<name>.<field>` on a bad value."""
     del section, opts
 
+  def check_examples(self, cfg: Any, examples: Any) -> None:
+    """Raise ValueError at start-up when the run's training examples lack what this method
+    scores (called by the RL trainer once the data is built). Default: nothing to check."""
+    del cfg, examples
+
   def sequence_budgets(self, bctx: Any) -> list[Any]:
     """Every sequence this method samples or trains on, as tokenrl.methods.budgets.Budget
     (checked against model.max_seq_len at start-up by `budgets.check_budgets`; bctx is a

@@ -35,6 +35,9 @@ class Palace(Method):
   paper = ("Predictive Auditing of Hidden Tokens in LLM APIs via Reasoning Length Estimation "
            "(PALACE, arXiv 2508.00912)")
   metrics = ("count_re", "count_parsed", "count_missing")
+  # The method needs examples that carry a hidden count (the embedded task hidden_length).
+  quickstart_overrides = {"data.task": "hidden_length", "data.tiers": "math:1-4,code:3-8,tag:1",
+                          "sampler.max_new_tokens": 20}
 
   def config(self):
     c = ml_collections.ConfigDict()
@@ -49,6 +52,14 @@ class Palace(Method):
                        f"{section.reward!r}")
     if not 0 < section.tau < 1:
       raise ValueError(f"rl.palace.tau: expected in (0, 1), e.g. 0.1, got {section.tau}")
+
+  def check_examples(self, cfg, examples):
+    # A task without hidden counts would train on an all-zero reward for the whole run.
+    if len(examples) and np.isnan(counts.true_counts(examples)).all():
+      raise ValueError(
+          f"rl.objective=palace: no example of data.task={cfg.data.task!r} carries a hidden "
+          "count, so every reward would be 0; use the embedded task: --config.data.task="
+          "hidden_length --config.data.tiers=math:1-4,code:3-8,tag:1 (or configs/palace.py)")
 
   def rollout(self, ctx: StepContext) -> StepData:
     data = default_rollout(ctx)

@@ -61,6 +61,7 @@ def build_rl(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
     check_fits(cfg)  # fail fast with "does not fit: ... try: ..." before any allocation
   mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   run = build_run(cfg, mesh)  # params created / loaded straight into their shardings
+  method.check_examples(cfg, run.train_examples)  # e.g. a task without the fields it scores
   tok, model = run.tokenizer, run.model
   if cfg.model.init_workdir:
     run = dataclasses.replace(run, params=_init_from_workdir(cfg.model.init_workdir, model))
