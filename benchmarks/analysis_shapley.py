@@ -353,7 +353,7 @@ def main() -> int:
   p.add_argument("--steps", default="40,400",
                  help="price-game training lengths (comma-separated; the last is the headline)")
   p.add_argument("--num_eval", type=int, default=64, help="price-game evaluation prompts")
-  p.add_argument("--workdir", default="/tmp/qsrun/work/seed0",
+  p.add_argument("--workdir", default=os.path.join(REPO, "runs", "quickstart"),
                  help="trained quickstart workdir for part (2) (skipped when absent)")
   p.add_argument("--num_prompts", type=int, default=60, help="quickstart prompts per operator")
   args = p.parse_args()
