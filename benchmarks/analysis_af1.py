@@ -25,14 +25,14 @@ Writes benchmarks/results/analysis_af1.{json,png}.
 
 Measured (2026-12-07, 2 shared Xeon cores at load 6-12, --seeds 0,1 with the quickstart seed-0
 run, 923 s wall of which 818 s toy training): toy full model 98.4% / 92.4% held-out (seeds
-0 / 1; seed 1 stopped at 3,000 steps, dev 90.3%); L_transfer = 0 at the base rate (0.4-1.3%
+0 / 1; seed 1 stopped at 3,000 steps, dev 90.3%); L_transfer = 0 at the base rate (0-1.3%
 vs 1.7%); CAMA at L_wait = 0 reaches 87.4% / 92.0% with 3-4 ABP layers while mean ablation
 stays <= 1.1% and zero ablation 0%; but every L_wait >= 1 cell is <= 6%: these models fetch
 the operands into the last token in layer 0 (cutting that layer in the (0, L_transfer) subgraph
 leaves 1.9% / 0.7%; the last token cut from its context from layer 1 on keeps 75% / 76%), so
 they do not wait as Llama-3-8B does in the paper. Quickstart (2 layers): first answer
-character 71.1% full, best AF1 cells (0, 2) 54.9% and (1, 1) 34.0% (mean ablation 12.3% and
-23.2% at those L_wait); greedy full answer 47.5% full, best AF1 cell 8.0%.
+character 71.1% full, best AF1 cells (0, 2) 54.9% and (1, 1) 34.0% (best mean-ablation cells
+at those L_wait: 12.3%, 23.2%); greedy full answer 47.5% full, best AF1 cell 8.0%.
 """
 
 from __future__ import annotations
