@@ -358,8 +358,8 @@ def af1_forward(params: Any, tokens: Any, *, config: models.ModelConfig, cama: C
   if cama.l_wait != l_wait:
     raise ValueError(f"cama was read at depth l_wait={cama.l_wait}, but l_wait={l_wait}: "
                      f"build the table with cama_table(..., l_wait={l_wait})")
-  s = np.asarray(tokens).shape[-1] if np.ndim(tokens) == 2 else 0
-  mask = af1_masks(max(s, 1), num_layers=config.num_layers, l_wait=l_wait,
+  s = _check_tokens("tokens", tokens, config.vocab_size, cama.seq_len).shape[1]
+  mask = af1_masks(s, num_layers=config.num_layers, l_wait=l_wait,
                    l_transfer=l_transfer, keep_bos=keep_bos, cut_layers=cut_layers)
   return restricted_forward(params, tokens, config=config, cama=cama, attn_mask=mask,
                             head_mask=head_mask)[0]
