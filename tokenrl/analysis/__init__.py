@@ -11,9 +11,10 @@ and its hooks (`tokenrl.models.Hooks`). `tokenrl analyze shapley|af1|control` wr
 
 from tokenrl.analysis.af1 import (CamaTable, af1_forward, af1_masks, cama_from_residuals,
                                   cama_table, cama_tables, context_cut_masks, restricted_forward)
-from tokenrl.analysis.af1_eval import AF1Eval, pick_cell
+from tokenrl.analysis.af1_eval import AF1Eval, PruneStep, Score, pick_cell
+# `gcg` the function stays in tokenrl.analysis.control: tokenrl.analysis.gcg is its module.
 from tokenrl.analysis.control import (NOT_FOUND, ControlResult, attention_control_bound,
-                                      backoff_control, backoff_control_batch, gcg,
+                                      backoff_control, backoff_control_batch,
                                       greedy_back_generation, k_epsilon_curve, onehot_grad,
                                       target_loss)
 from tokenrl.analysis.shapley import (ShapleyResult, blackbox_attribution, coalition_tokens,
@@ -22,8 +23,8 @@ from tokenrl.analysis.shapley import (ShapleyResult, blackbox_attribution, coali
 
 __all__ = [
     "CamaTable", "af1_forward", "af1_masks", "cama_from_residuals", "cama_table", "cama_tables",
-    "context_cut_masks", "restricted_forward", "AF1Eval", "pick_cell", "NOT_FOUND",
-    "ControlResult", "attention_control_bound", "backoff_control", "backoff_control_batch", "gcg",
+    "context_cut_masks", "restricted_forward", "AF1Eval", "PruneStep", "Score", "pick_cell", "NOT_FOUND",
+    "ControlResult", "attention_control_bound", "backoff_control", "backoff_control_batch",
     "greedy_back_generation", "k_epsilon_curve", "onehot_grad", "target_loss", "ShapleyResult",
     "blackbox_attribution", "coalition_tokens", "exact_shapley", "option_value_fn",
     "permutation_shapley", "shapley_attribution", "shapley_weights", "token_noise_share",
