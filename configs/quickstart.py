@@ -44,8 +44,8 @@ def get_config(arg=None):
   # carries suddenly, at a seed-dependent step), and the RL gain varied with it.
   c.data.dev_size = 512
   c.train.sft_steps = 2000
-  c.train.sft_target_accuracy = 0.4
-  c.train.sft_check_every = 50
+  c.train.sft_target_accuracy = 0.3
+  c.train.sft_check_every = 25
   c.train.sft_batch_size = 64
   c.train.sft_learning_rate = 3e-3
   c.train.max_steps = 800
