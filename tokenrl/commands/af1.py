@@ -63,32 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def _read_jsonl(path: str, flag: str, need_answer: bool) -> list[tuple[str, str | None]]:
-  """(prompt, answer) per line; SystemExit naming file:line on a bad line."""
-  if not os.path.isfile(path):
-    raise SystemExit(f"error: {flag} {path!r} is not a file")
-  out = []
-  with open(path) as f:
-    for n, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise SystemExit(f"error: {path}:{n}: not JSON ({e})") from e
-      ok = isinstance(row, dict) and isinstance(row.get("prompt"), str)
-      answer = row.get("answer") if ok else None
-      if ok and need_answer and not isinstance(answer, (str, int)):
-        ok = False
-      if not ok:
-        want = '{"prompt": str, "answer": str}' if need_answer else '{"prompt": str}'
-        raise SystemExit(f"error: {path}:{n}: expected {want}")
-      out.append((row["prompt"], None if answer is None else str(answer)))
-  if not out:
-    raise SystemExit(f"error: {flag} {path!r} holds no rows")
-  return out
-
-
 def _check_args(args: argparse.Namespace) -> None:
   bad = [f"--{name} must be >= 1, got {getattr(args, name)}"
          for name in ("num_prompts", "num_refs", "chunk") if getattr(args, name) < 1]
@@ -116,7 +90,7 @@ def _task(args: argparse.Namespace, loaded: common.LoadedModel):
   """(prompt ids, answer ids, ref ids, source text, note or None)."""
   tok = loaded.tokenizer
   if args.prompts or args.prompt:
-    rows = (_read_jsonl(args.prompts, "--prompts", True) if args.prompts
+    rows = (common.read_prompt_rows(args.prompts, "--prompts") if args.prompts
             else list(zip(args.prompt, args.answer)))[:args.num_prompts]
     where = [f"{args.prompts or '--prompt'}:{i}" for i in range(len(rows))]
     prompts = _encode(tok, [r[0] for r in rows], where)
@@ -138,7 +112,7 @@ def _task(args: argparse.Namespace, loaded: common.LoadedModel):
                      "no tokens")
   note = None
   if args.refs:
-    rows = _read_jsonl(args.refs, "--refs", False)[:args.num_refs]
+    rows = common.read_prompt_rows(args.refs, "--refs", need_answer=False)[:args.num_refs]
     refs = _encode(tok, [r[0] for r in rows], [f"{args.refs}:{i}" for i in range(len(rows))])
   elif loaded.run is not None:
     from tokenrl.train.setup import encode_prompts

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from tokenrl.audit import coin, merkle
-from tokenrl.commands.common import add_model_args, format_table, load_model, save_figure
+from tokenrl.commands.common import add_model_args, format_table, int_list, load_model, save_figure
 
 ATTACKS = ("naive_random", "naive_repeat", "splice")
 
@@ -315,10 +315,6 @@ def plot(results: Sequence[dict[str, Any]], path: str) -> str:
   return save_figure(fig, path)
 
 
-def _ints(text: str) -> tuple[int, ...]:
-  return tuple(int(x) for x in text.split(","))
-
-
 def run(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog="tokenrl audit coin", description=__doc__.split("\n")[0])
   add_model_args(parser)
@@ -340,7 +336,7 @@ def run(argv: list[str]) -> int:
   parser.add_argument("--out", default="coin.png", help="PNG path (detection rate vs s)")
   parser.add_argument("--json", default="", help="also write every number to this JSON file")
   args = parser.parse_args(argv)
-  samples, attempts = _ints(args.samples), _ints(args.attempts)
+  samples, attempts = int_list(args.samples), int_list(args.attempts)
   problems = [name for name, bad in [
       ("--num_traces must be >= 12 (every attack on both sides of the split)",
        args.num_traces < 12),

@@ -73,3 +73,35 @@ def save_figure(fig: Any, path: str) -> str:
   fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
   return path
+
+
+def int_list(text: str) -> tuple[int, ...]:
+  """argparse type for '4,6,8' (empty items ignored): a tuple of ints, or a usage error."""
+  try:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+
+
+def read_prompt_rows(path: str, flag: str, answer_keys: Sequence[str] = ("answer",),
+                     need_answer: bool = True) -> list[tuple[str, str | None]]:
+  """(prompt, answer) per line of a JSONL file of {"prompt": str, <answer key>: str|int}.
+
+  The answer is the first of `answer_keys` present. SystemExit naming the flag, or file:line
+  and the expected shape, on a missing file, bad UTF-8/JSON, a bad row or an empty file.
+  """
+  from tokenrl.data.jsonl import iter_json_objects
+  want = "{" + '"prompt": str' + (f', "{answer_keys[0]}": str' if need_answer else "") + "}"
+  out = []
+  try:
+    for where, row in iter_json_objects(path, flag):
+      answer = next((row[k] for k in answer_keys if k in row), None)
+      if not isinstance(row.get("prompt"), str) or (
+          need_answer and not isinstance(answer, (str, int))):
+        raise SystemExit(f"error: {where}: expected {want}")
+      out.append((row["prompt"], None if answer is None else str(answer)))
+  except (FileNotFoundError, ValueError) as e:
+    raise SystemExit(f"error: {e}") from e
+  if not out:
+    raise SystemExit(f"error: {flag} {path!r} holds no rows")
+  return out

@@ -28,13 +28,6 @@ import numpy as np
 from tokenrl.commands import common
 
 
-def _ints(text: str) -> tuple[int, ...]:
-  try:
-    return tuple(int(v) for v in text.split(",") if v.strip())
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
-
-
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="tokenrl analyze control",
                               description=__doc__.split("\n\n")[0])
@@ -45,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--targets", choices=("answer", "random"), default="answer",
                  help="answer: the pair's target text; random: uniform random allowed tokens")
   p.add_argument("--target_tokens", type=int, default=1, help="target ids kept per pair, >= 1")
-  p.add_argument("--greedy_lengths", type=_ints, default=(1, 2, 3), help="e.g. 1,2,3 (or empty)")
-  p.add_argument("--gcg_lengths", type=_ints, default=(4, 6, 8, 10), help="e.g. 4,6 (or empty)")
+  p.add_argument("--greedy_lengths", type=common.int_list, default=(1, 2, 3), help="e.g. 1,2,3 (or empty)")
+  p.add_argument("--gcg_lengths", type=common.int_list, default=(4, 6, 8, 10), help="e.g. 4,6 (or empty)")
   p.add_argument("--top_k", type=int, default=128, help="GCG: tokens kept per position")
   p.add_argument("--batch_size", type=int, default=768, help="GCG: candidates per iteration")
   p.add_argument("--num_iters", type=int, default=34, help="GCG: iterations per length")
@@ -67,30 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def _read_pairs(path: str) -> list[tuple[str, str]]:
-  """(prompt, target) per JSONL line; SystemExit naming file:line on a bad line."""
-  if not os.path.isfile(path):
-    raise SystemExit(f"error: --pairs {path!r} is not a file")
-  out = []
-  with open(path) as f:
-    for n, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise SystemExit(f"error: {path}:{n}: not JSON ({e})") from e
-      target = row.get("target", row.get("answer")) if isinstance(row, dict) else None
-      if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(
-          target, str):
-        raise SystemExit(f"error: {path}:{n}: expected {{\"prompt\": str, \"target\": str}} "
-                         "(or \"answer\" for \"target\")")
-      out.append((row["prompt"], target))
-  if not out:
-    raise SystemExit(f"error: --pairs {path!r} holds no pairs")
-  return out
-
-
 def special_ids(tokenizer: Any, vocab: int) -> list[int]:
   """The tokenizer's special ids (pad, bos, eos, named specials) and the embedding rows past its
   vocabulary (padding rows of the table that no text encodes to)."""
@@ -107,7 +76,7 @@ def _blacklist(spec: str, tokenizer: Any, vocab: int) -> list[int]:
   if spec == "none":
     return []
   try:
-    return list(_ints(spec))
+    return list(common.int_list(spec))
   except argparse.ArgumentTypeError as e:
     raise SystemExit(f"error: --blacklist: {e} (or 'special' / 'none')") from e
 
@@ -128,7 +97,7 @@ def _pairs_text(args: argparse.Namespace, loaded: common.LoadedModel) -> tuple[l
   """(prompt texts, target texts, prompt ids) of the first --num_pairs pairs."""
   from tokenrl.data.prompts import tokenize_prompts
   if args.pairs:
-    rows = _read_pairs(args.pairs)[:args.num_pairs]
+    rows = common.read_prompt_rows(args.pairs, "--pairs", ("target", "answer"))[:args.num_pairs]
     prompts, targets = [r[0] for r in rows], [r[1] for r in rows]
     try:
       ids = tokenize_prompts(loaded.tokenizer, prompts,

@@ -42,13 +42,6 @@ class _Piece(argparse.Action):
     setattr(namespace, self.dest, pieces)
 
 
-def _ints(text: str) -> tuple[int, ...]:
-  try:
-    return tuple(int(v) for v in text.split(",") if v.strip())
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
-
-
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="tokenrl analyze shapley",
                               description=__doc__.split("\n\n")[0])
@@ -76,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="sampled orderings (even; antithetic pairs). Default: exact up to 12 parts")
   p.add_argument("--seed", type=int, default=0, help="orderings' seed (sampled mode)")
   p.add_argument("--chunk", type=int, default=256, help="coalition rows per forward (memory)")
-  p.add_argument("--uninformative", type=_ints, default=None, metavar="I,J",
+  p.add_argument("--uninformative", type=common.int_list, default=None, metavar="I,J",
                  help="player indices (0-based) labelled uninformative: prints the token-noise "
                  "share of the chosen option [recon]")
   p.add_argument("--out", default=None, help="PNG of the bars (default: WORKDIR/analysis/"
