@@ -33,3 +33,14 @@ def test_int_list_and_table():
     common.int_list("4,x")
   assert common.format_table(["a", "bb"], [[1, 0.5], ["xyz", 2]]).splitlines() == [
       "a    bb", "---  ------", "1    0.5000", "xyz  2"]
+
+
+def test_cli_dispatches_analyze_and_audit(capsys):
+  from tokenrl import cli
+  assert cli._tool_command(["tokenrl", "analyze"]) == 2
+  assert "tokenrl analyze {shapley|af1|control}" in capsys.readouterr().err
+  assert cli._tool_command(["tokenrl", "audit", "nope"]) == 2
+  assert "tokenrl audit {coin|palace}" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:  # argparse --help of the tool itself: exit 0
+    cli._tool_command(["tokenrl", "analyze", "af1", "--help"])
+  assert e.value.code == 0 and "tokenrl analyze af1" in capsys.readouterr().out
