@@ -11,8 +11,8 @@ an unparseable completion scoring 0. The advantage is the configured GRPO-family
 (`default_shape`: group-relative, rl.advantage_std_ddof) and the update is the plain clipped
 policy loss: nothing else changes. `correct` (the logged accuracy and DAPO's filter) is
 acc@τ of the row. m comes from example['count'] (the hidden_length task) or a
-'<count>N</count>' answer; on a task without counts every row scores 0 and the metric
-count_missing says so (1.0).
+'<count>N</count>' answer; a task where no training example has a count is refused at start-up
+(`check_examples`), and rows without one score 0 (the metric count_missing counts them).
 
 The domain router of PALACE is not part of this loop: prompts carry the domain tag
 (data.tiers tag:1) during training, and at audit time a classifier on the estimator's
