@@ -347,8 +347,10 @@ def _forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
   if use_ts and per_layer:
     raise ValueError("attention='tokenselect' needs the stacked cache (init_cache per_layer=False)")
   if use_ts and s > c.tokenselect.chunk_size:
-    return _forward_chunked(params, tokens, config=c, positions=positions,
-                            segment_ids=segment_ids, cache=cache, return_hidden=return_hidden)
+    out, new_cache = _forward_chunked(params, tokens, config=c, positions=positions,
+                                      segment_ids=segment_ids, cache=cache,
+                                      return_hidden=return_hidden)
+    return out, new_cache, None
   if isinstance(params["layers"], (tuple, list)) and not per_layer:
     raise ValueError("params['layers'] is split per layer (split_layers); forward needs the "
                      "stacked layers unless the cache is per_layer")
