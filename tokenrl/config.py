@@ -61,6 +61,31 @@ def sampler_config() -> ml_collections.ConfigDict:
   c.max_new_tokens = 8      # T: completion tokens per rollout
   c.top_k = 0               # 0 = off
   c.top_p = 1.0             # 1.0 = off
+  c.speculative = speculative_config()
+  return c
+
+
+# sampler.speculative.method values: lossless ones may sample RL rollouts (their output law is the
+# policy's); lossy ones change what is sampled and are for `tokenrl eval` / `tokenrl sample` only.
+LOSSLESS_SPECULATIVE = ("none", "exact", "specdec_pp", "spectr", "del")
+LOSSY_SPECULATIVE = ("skipdecode", "r2r")
+SPECULATIVE_DRAFTS = ("ngram", "layers", "model")
+
+
+def speculative_config() -> ml_collections.ConfigDict:
+  """Speculative decoding of rollouts (docs: README "Decoding"; spec decoding-and-test-time §2-§7)."""
+  c = ml_collections.ConfigDict()
+  c.method = 'none'         # none | exact | specdec_pp | spectr | del (lossless) | skipdecode | r2r (lossy)
+  c.draft = 'ngram'         # exact/specdec_pp/spectr draft: ngram (prompt lookup) | layers (the
+                            # policy's first draft_layers layers) | model (draft_model)
+  c.num_draft_tokens = 4    # K: drafted tokens per verify pass (specdec_pp: the most, K_max)
+  c.ngram = 3               # ngram draft: match the last ngram-1 .. 1 tokens
+  c.draft_layers = 2        # layers draft: exit after this many layers (del: the deepest exit)
+  c.draft_model = ''        # model draft: HF folder or tokenrl workdir (same vocabulary)
+  c.head = ''               # specdec_pp: acceptance-head workdir (configs/specdec_pp.py)
+  c.threshold = 0.3         # specdec_pp: stop drafting once P(some draft rejected) > threshold
+  c.min_draft_tokens = 2    # specdec_pp: never stop before this many drafted tokens (K_min)
+  c.num_drafts = 4          # spectr: i.i.d. drafts verified together (k)
   return c
 
 

@@ -54,6 +54,27 @@ def test_all_problems_are_reported_at_once():
   assert all(k in str(e.value) for k in ("train.max_steps", "data.batch_size", "model.dim"))
 
 
+@pytest.mark.parametrize("method", ["skipdecode", "r2r"])
+def test_lossy_speculative_methods_are_refused_for_training(method):
+  cfg = _tiny()
+  cfg.sampler.speculative.method = method
+  with pytest.raises(ValueError, match=rf"sampler.speculative.method = '{method}'.*lossy.*"
+                                       r"tokenrl eval.*fix: --config.sampler.speculative.method="):
+    validate_config(cfg)
+
+
+def test_speculative_options_are_checked_only_when_on():
+  cfg = _tiny()
+  cfg.sampler.speculative.num_draft_tokens = 0  # ignored: method 'none'
+  validate_config(cfg)
+  cfg.sampler.speculative.method = "specdec_pp"
+  cfg.sampler.speculative.draft = "model"
+  with pytest.raises(ValueError, match=r"3 problems") as e:
+    validate_config(cfg)
+  for key in ("num_draft_tokens", "draft_model", "head"):
+    assert f"sampler.speculative.{key} = " in str(e.value)
+
+
 def test_the_base_config_and_every_shipped_config_validate():
   validate_config(base_config())
   validate_config(_tiny())

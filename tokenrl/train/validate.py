@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from tokenrl.config import LOSSLESS_SPECULATIVE, LOSSY_SPECULATIVE, SPECULATIVE_DRAFTS
 from tokenrl.data.tasks import TASKS
 from tokenrl.models.config import ATTENTIONS, FAMILIES
 from tokenrl.models.presets import PRESETS
@@ -84,6 +85,31 @@ def _problems(cfg: ml_collections.ConfigDict) -> list[str]:
   need("sampler.max_new_tokens", int_ge(1), "an integer >= 1", "8", "completion tokens per rollout")
   need("sampler.top_k", int_ge(0), "an integer >= 0", "0", "0 = off")
   need("sampler.top_p", lambda v: _is_real(v) and 0 < v <= 1, "in (0, 1]", "1.0", "1.0 = off")
+  spec = cfg.sampler.speculative
+  need("sampler.speculative.method", lambda v: v in LOSSLESS_SPECULATIVE,
+       f"one of {list(LOSSLESS_SPECULATIVE)} for training",
+       "exact", f"{list(LOSSY_SPECULATIVE)} change the sampled law (lossy): use them with "
+       "`tokenrl eval` / `tokenrl sample`, never for RL rollouts" if spec.method in
+       LOSSY_SPECULATIVE else "the lossless speculative decoders")
+  if spec.method != "none":
+    need("sampler.speculative.draft", lambda v: v in SPECULATIVE_DRAFTS,
+         f"one of {list(SPECULATIVE_DRAFTS)}", "ngram")
+    need("sampler.speculative.num_draft_tokens", int_ge(1), "an integer >= 1", "4",
+         "drafted tokens per verify pass")
+    need("sampler.speculative.ngram", int_ge(2), "an integer >= 2", "3")
+    need("sampler.speculative.draft_layers", int_ge(1), "an integer >= 1", "2")
+    need("sampler.speculative.num_drafts", int_ge(1), "an integer >= 1", "4")
+    need("sampler.speculative.threshold", lambda v: _is_real(v) and 0 < v < 1, "in (0, 1)",
+         "0.3")
+    need("sampler.speculative.min_draft_tokens", int_ge(1), "an integer >= 1", "2")
+    if spec.draft == "model" and spec.method in ("exact", "specdec_pp", "spectr"):
+      need("sampler.speculative.draft_model", lambda v: isinstance(v, str) and v != "",
+           "an HF folder or tokenrl workdir when sampler.speculative.draft='model'",
+           "path/to/draft")
+    if spec.method == "specdec_pp":
+      need("sampler.speculative.head", lambda v: isinstance(v, str) and v != "",
+           "the acceptance-head workdir when method='specdec_pp'", "runs/specdec_pp",
+           "train one with configs/specdec_pp.py")
 
   # rewards.*
   need("rewards.timeout_s", lambda v: _is_real(v) and v > 0, "a finite number of seconds > 0",
