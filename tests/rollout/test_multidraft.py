@@ -238,6 +238,23 @@ def test_kseq_batch_rows_are_independent_of_the_batch():
       assert got[0] == want[b]
 
 
+def test_kseq_degenerate_rows():
+  # p = q: ρ* → 1 and every first candidate is accepted. Disjoint supports: β ≡ 0, the gap is 0
+  # for every ρ ("no root", ρ = k), nothing is accepted and the residual is p itself (token 0).
+  # A candidate with p = 0 = q (row 2, padding-like) is never accepted.
+  p = f32([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]])
+  q = f32([[0.25, 0.25, 0.25, 0.25], [0.0, 0.5, 0.5, 0.0], [0.5, 0.5, 0.0, 0.0]])
+  cands = jnp.array([[3, 0, 1], [1, 2, 1], [3, 3, 3]], jnp.int32)
+  np.testing.assert_allclose(md.kseq_rho(p, q, 3)[1], 3.0)
+  np.testing.assert_allclose(md.kseq_acceptance(p, q, 3), [1.0, 0.0, 1.0], atol=1e-6)
+  for seed in range(5):
+    accepted, token, chosen = kseq_select(p, q, cands, jnp.full((3,), 3, jnp.int32),
+                                          jax.random.key(seed))
+    np.testing.assert_array_equal(accepted, [True, False, False])
+    np.testing.assert_array_equal(chosen, [0, -1, -1])
+    assert token[0] == 3 and token[1] == 0 and token[2] in (0, 1)
+
+
 def test_shape_errors_name_the_argument():
   p = f32(np.full((2, 4), 0.25))
   with pytest.raises(ValueError, match="q"):

@@ -1,5 +1,5 @@
 """Multi-draft acceptance rules: K-SEQ / SpecTr (Sun et al. 2023) and the optimal multi-draft
-acceptance of Hu et al. (ICLR 2025). Spec: docs decoding-and-test-time.md §0.3, §4, §5.
+acceptance of Hu et al. (ICLR 2025). Spec: shared/specs/decoding-and-test-time.md §0.3, §4-§5.
 
 Notation as in the spec: `p` is the target (processed) distribution, `q` the draft one; both are
 f32 probabilities over the last axis V (rows sum to 1). Every sampler here is lossless: the token
@@ -120,11 +120,17 @@ def _kseq_rho_and_root(p, q, k, num_iters):
   hi = hi0
   # Invariant: f(lo) ≥ 0, f(hi) ≤ 0 (where f(k) < 0); ρ = hi is on the valid side. 30 halvings
   # of [1, k] leave a width (k−1)·2⁻³⁰, below f32 resolution at ρ ≈ k.
-  for _ in range(num_iters):
+  def halve(_, bounds):
+    lo, hi = bounds
     mid = 0.5 * (lo + hi)
     pos = _kseq_gap(p, q, k, mid, xp) >= 0
-    lo = xp.where(pos, mid, lo)
-    hi = xp.where(pos, hi, mid)
+    return xp.where(pos, mid, lo), xp.where(pos, hi, mid)
+
+  if xp is np:
+    for i in range(num_iters):
+      lo, hi = halve(i, (lo, hi))
+  else:  # one traced body instead of num_iters unrolled copies
+    lo, hi = jax.lax.fori_loop(0, num_iters, halve, (lo, hi))
   no_root = f_hi >= 0
   rho = xp.where(no_root, hi0, hi)
   # k = 0: no candidates, the residual must be p itself, which only the general formula gives.
@@ -197,7 +203,7 @@ def _kseq_core(p, q, candidates, live, keys, num_iters):
 
 
 def kseq_select(p, q, candidates, num_candidates, key, num_iters: int = 30):
-  """K-SEQ at one position (§4(b) steps 1-5): emit a token distributed as p, a candidate if possible.
+  """K-SEQ at one position (§4(b) steps 1-5): emit a token ~ p, one of the candidates if possible.
 
   p: f32 [B,V] target probabilities; q: f32 [B,V] draft probabilities.
   candidates: int32 [B,k]; row b's first num_candidates[b] entries are i.i.d. draws from q[b]
