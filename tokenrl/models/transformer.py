@@ -12,7 +12,11 @@ run under one `lax.scan`, so compile time does not grow with depth:
 
 The KV cache is an explicit pytree passed in and returned:
   k, v [L,N,C,K,H]; pos [N,C] int32 (RoPE position held by each slot, -1 = empty or padding);
-  index [] int32 (next slot to write; rows are aligned because prompts are left-padded).
+  index [] int32 (next slot to write; rows are aligned because prompts are left-padded),
+        or int32 [N] (`init_cache(..., row_index=True)`): each row's own logical length and
+        write column. Speculative decoding rolls a row back by lowering its index: slots at or
+        beyond it are never attended (masked per row) and are overwritten by the next write,
+        so stale entries need no zeroing.
 `init_cache(..., per_layer=True)` gives the decode layout instead: k = L arrays [N,K,H,C]
 (keys stored transposed), v = L arrays [N,K,C,H]. The layers then run unrolled (compile time
 linear in L) and read each layer's cache in place: under the scan, XLA:CPU copies the
@@ -129,13 +133,19 @@ def init_params(config: ModelConfig, rng: jax.Array, dtype: Any = jnp.float32) -
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any = jnp.float32, *,
-               per_layer: bool = False) -> Cache:
+               per_layer: bool = False, row_index: bool = False) -> Cache:
   """An empty KV cache for `batch` rows (N) and `length` slots (C).
 
   per_layer=False: k, v [L,N,C,K,H] (one stacked array each, read inside the layer scan).
   per_layer=True: k a tuple of L arrays [N,K,H,C], v a tuple of L arrays [N,K,C,H] (the decode
   layout, see the module docstring). attention='tokenselect' adds the Selection Cache state
   "ts" (stacked layout only).
+  row_index=False: index int32 [] (one write column for all rows).
+  row_index=True: index int32 [N], each row's logical length: `forward` writes row n's S new
+  tokens at slots index[n]..index[n]+S-1 and attends only to slots < index[n] + 1 + q for query
+  q; setting cache["index"] lower rolls a row back (speculative decoding). The caller keeps
+  index[n] + S <= C (a write past the end would be clamped onto earlier slots). Not for
+  attention='tokenselect'.
   """
   n_kv, h = config.num_kv_heads, config.head_dim
   if per_layer:
@@ -144,9 +154,12 @@ def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any = jnp.fl
   else:
     shape = (config.num_layers, batch, length, n_kv, h)
     k, v = jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
-  cache = {"k": k, "v": v, "pos": jnp.full((batch, length), -1, jnp.int32),
-           "index": jnp.zeros((), jnp.int32)}
+  index = jnp.zeros((batch,) if row_index else (), jnp.int32)
+  cache = {"k": k, "v": v, "pos": jnp.full((batch, length), -1, jnp.int32), "index": index}
   if config.attention == "tokenselect":
+    if row_index:
+      raise ValueError("attention='tokenselect' keeps one write column for all rows: "
+                       "init_cache(row_index=True) is not supported with it")
     if per_layer:
       raise ValueError("attention='tokenselect' needs the stacked cache (per_layer=False)")
     cache["ts"] = TS.init_state(config, batch)
@@ -246,10 +259,41 @@ def _validate(params: Params, tokens: jax.Array, config: ModelConfig, cache: Cac
     rows = cache["pos"].shape[0]
     if rows != tokens.shape[0]:
       raise ValueError(f"cache has {rows} rows, tokens has {tokens.shape[0]}")
-    index = _concrete_int(cache["index"])
+    index_shape = tuple(cache["index"].shape)
+    if index_shape not in ((), (rows,)):
+      raise ValueError(f"cache['index'] must be int32 [] or [N]={[rows]}, got shape {list(index_shape)}")
+    if index_shape and config.attention == "tokenselect":
+      raise ValueError("attention='tokenselect' needs one write column for all rows: "
+                       "cache['index'] must be a scalar, got a per-row index [N]")
+    if index_shape:
+      index = None if isinstance(cache["index"], Tracer) else int(np.max(np.asarray(cache["index"])))
+    else:
+      index = _concrete_int(cache["index"])
     if index is not None and index + tokens.shape[1] > length:
       raise ValueError(
           f"cache of length {length} at index {index} cannot take {tokens.shape[1]} more tokens")
+
+
+def _row_update(buf: jax.Array, new: jax.Array, index: jax.Array, *, axis: int) -> jax.Array:
+  """buf [N,...] with row n's `new[n]` written at offset index[n] along `axis` of the row.
+
+  `axis` counts within a row (after N): 0 for pos [N,C], 2 for keys [N,K,H,C], 1 for values
+  [N,K,C,H]. One dynamic_update_slice per row (vmapped), so rows write at their own columns.
+  """
+  def one(row, val, i):
+    start = [jnp.zeros((), jnp.int32)] * row.ndim
+    start[axis] = i
+    return jax.lax.dynamic_update_slice(row, val, tuple(start))
+  return jax.vmap(one)(buf, new, index.astype(jnp.int32))
+
+
+def _row_update_stacked(buf: jax.Array, new: jax.Array, layer: jax.Array,
+                        index: jax.Array) -> jax.Array:
+  """Stacked cache buf [L,N,C,K,H] with new [N,S,K,H] written at (layer, n, index[n])."""
+  zero = jnp.zeros((), jnp.int32)
+  def one(row, val, i):  # row [L,C,K,H], val [S,K,H]
+    return jax.lax.dynamic_update_slice(row, val[None], (layer, i.astype(jnp.int32), zero, zero))
+  return jax.vmap(one, in_axes=(1, 0, 0), out_axes=1)(buf, new, index)
 
 
 def segment_ids_from_lengths(lengths: Any, width: int) -> jax.Array:
@@ -301,7 +345,9 @@ def forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
       this argument says (see `segment_ids_from_lengths` for left-padded rows): no token value,
       `config.pad_id` included, is ever taken to mean padding, since it can be a real token.
     cache: KV cache from `init_cache` (stacked, or per_layer: then the layers run unrolled);
-      new keys/values are written at cache['index'].
+      new keys/values are written at cache['index']: int32 [] (all rows at one column) or
+      int32 [N] (row n at its own column index[n]; slots >= index[n] are treated as empty, so
+      lowering index[n] rolls the row back; see init_cache(row_index=True)).
     return_hidden: return the final-normed hidden states [N,S,D] instead of logits, so a
       caller can fuse the unembedding with a chunked log-prob and never hold [N,S,V].
     remat: rematerialize each layer in the backward pass (activation memory O(1) in L).
@@ -342,6 +388,7 @@ def _forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
   c = config
   n, s = tokens.shape
   per_layer = _is_per_layer(cache)
+  row_index = cache is not None and cache["index"].ndim == 1  # per-row write column [N]
   use_ts = (c.attention == "tokenselect" and cache is not None
             and not TS.always_full(c, cache["pos"].shape[1]))
   if use_ts and per_layer:
@@ -366,7 +413,10 @@ def _forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
     if cache is None:
       positions = positions_from_segments(segment_ids)
     else:
-      start = jnp.max(cache["pos"], axis=1) + 1  # [N]
+      held = cache["pos"]
+      if row_index:  # slots at or past a row's index are stale (rolled back): not its history
+        held = jnp.where(jnp.arange(held.shape[1])[None, :] < cache["index"][:, None], held, -1)
+      start = jnp.max(held, axis=1) + 1  # [N]
       positions = start[:, None] + jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1
       positions = jnp.where(valid, positions, 0)
   positions = positions.astype(jnp.int32)
@@ -381,10 +431,15 @@ def _forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
     write_at = None
   else:
     write_at = cache["index"]
-    kpos = jax.lax.dynamic_update_slice(cache["pos"], jnp.where(valid, positions, -1), (0, write_at))
-    slots = jnp.arange(kpos.shape[1])
-    causal = slots[None, :] <= write_at + q_idx[:, None]  # [S,C]
-    mask = causal[None] & (kpos[:, None, :] >= 0) & (kpos[:, None, :] <= positions[:, :, None])
+    new_pos = jnp.where(valid, positions, -1)
+    slots = jnp.arange(cache["pos"].shape[1])
+    if row_index:
+      kpos = _row_update(cache["pos"], new_pos, write_at, axis=0)
+      causal = slots[None, None, :] <= write_at[:, None, None] + q_idx[None, :, None]  # [N,S,C]
+    else:
+      kpos = jax.lax.dynamic_update_slice(cache["pos"], new_pos, (0, write_at))
+      causal = (slots[None, :] <= write_at + q_idx[:, None])[None]  # [1,S,C]
+    mask = causal & (kpos[:, None, :] >= 0) & (kpos[:, None, :] <= positions[:, :, None])
     distance = positions[:, :, None] - kpos[:, None, :]
 
   cos_g, sin_g = L.rope_tables(positions, c.rope, c.head_dim)
@@ -428,12 +483,21 @@ def _forward(params: Params, tokens: jax.Array, *, config: ModelConfig,
     if per_layer:  # this layer's own buffers: k_t [N,K,H,C], v [N,K,C,H], updated in place
       k_new = jnp.transpose(k, (0, 2, 3, 1)).astype(cache_k.dtype)  # [N,K,H,S]
       v_new = jnp.transpose(v, (0, 2, 1, 3)).astype(cache_v.dtype)  # [N,K,S,H]
-      cache_k = jax.lax.dynamic_update_slice(cache_k, k_new, (0, 0, 0, write_at))
-      cache_v = jax.lax.dynamic_update_slice(cache_v, v_new, (0, 0, write_at, 0))
+      if row_index:
+        cache_k = _row_update(cache_k, k_new, write_at, axis=2)
+        cache_v = _row_update(cache_v, v_new, write_at, axis=1)
+      else:
+        cache_k = jax.lax.dynamic_update_slice(cache_k, k_new, (0, 0, 0, write_at))
+        cache_v = jax.lax.dynamic_update_slice(cache_v, v_new, (0, 0, write_at, 0))
       attn = _attention_kv_major(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), layer_mask,
                                  scale=c.attn_scale, softcap=c.attn_logit_softcap)
     else:
-      if cache_k is not None:
+      if cache_k is not None and row_index:
+        cache_k = _row_update_stacked(cache_k, k.astype(cache_k.dtype), layer_idx, write_at)
+        cache_v = _row_update_stacked(cache_v, v.astype(cache_v.dtype), layer_idx, write_at)
+        k = jax.lax.dynamic_index_in_dim(cache_k, layer_idx, 0, keepdims=False)
+        v = jax.lax.dynamic_index_in_dim(cache_v, layer_idx, 0, keepdims=False)
+      elif cache_k is not None:
         start = (layer_idx, 0, write_at, 0, 0)
         cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
         cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
