@@ -51,6 +51,7 @@ from tokenrl.models import layers as model_layers
 from tokenrl.models import transformer
 from tokenrl.models.config import ModelConfig
 from tokenrl.models.hooks import Hooks
+from tokenrl.rollout import speculative as spec_lib
 from tokenrl.rollout.sampler import prepare_prompts
 from tokenrl.rollout.sampling import filter_top_k, filter_top_p, log_probs_and_entropy
 from tokenrl.types import Rollout
@@ -171,7 +172,7 @@ def draft_continues(confidence: jax.Array, tau: jax.Array) -> jax.Array:
 
 
 # --------------------------------------------------------------------------------------------
-# Shared machinery: a layer subset of the target and the §2 accept/reject rule.
+# Shared machinery: a layer subset of the target; the §2 rule is speculative.py's.
 
 
 def sub_config(config: ModelConfig, layer_ids: Sequence[int]) -> ModelConfig:
@@ -216,36 +217,15 @@ def processed_logits(logits: jax.Array, temperature: jax.Array, greedy: jax.Arra
 
 def speculative_accept(p: jax.Array, q: jax.Array, draft_tokens: jax.Array, draft_len: jax.Array,
                        keys: jax.Array, greedy: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """The standard accept/reject rule (spec §2) for rows with their own draft lengths.
+  """`speculative.speculative_accept` (spec §2) with a traced `greedy` (temperature <= 0 is a
+  traced value here, as in `sampler.sample`): both rules run, the flag picks one.
 
-  p f32 [N,K+1,V] target probs; q f32 [N,K,V] draft probs (the distributions the drafts were
-  sampled from); draft_tokens int [N,K]; draft_len int [N] (≤ K, drafts beyond it ignored);
-  keys [N] PRNG keys; greedy bool []: accept iff x̃_i = argmax p_i, y = argmax p_{n+1}.
-  Sampling: accept iff u_i·q_i(x̃_i) ≤ p_i(x̃_i); y ~ normalize(max(0, p_{n+1} − q_{n+1})) with
-  q_j := 0 for j ≥ draft_len (so a fully accepted draft gets a bonus token from p), and p_{n+1}
-  itself when the residual is all zero. Returns (n int32 [N] accepted, y int32 [N]).
+  p f32 [N,K+1,V] target probs; q f32 [N,K,V] draft probs; draft_tokens int [N,K];
+  draft_len int [N]; keys [N] row keys. Returns (n int32 [N] accepted, y int32 [N]).
   """
-  n_rows, k, _ = q.shape
-  j = jnp.arange(k)
-  in_draft = j[None, :] < draft_len[:, None]  # [N,K]
-  p_tok = jnp.take_along_axis(p[:, :k], draft_tokens[..., None], axis=-1)[..., 0]
-  q_tok = jnp.take_along_axis(q, draft_tokens[..., None], axis=-1)[..., 0]
-  key_u = jax.vmap(lambda kk: jax.random.fold_in(kk, 0))(keys)
-  key_y = jax.vmap(lambda kk: jax.random.fold_in(kk, 1))(keys)
-  u = jax.vmap(lambda kk: jax.random.uniform(kk, (k,)))(key_u)
-  stochastic = u * q_tok <= p_tok
-  exact = draft_tokens == jnp.argmax(p[:, :k], axis=-1)
-  accept = jnp.where(greedy, exact, stochastic) & in_draft
-  n = jnp.sum(jnp.cumprod(accept.astype(jnp.int32), axis=1), axis=1).astype(jnp.int32)
-  q_pad = jnp.concatenate([jnp.where(in_draft[..., None], q, 0.0),
-                           jnp.zeros((n_rows, 1, q.shape[-1]), q.dtype)], axis=1)
-  p_n = jnp.take_along_axis(p, n[:, None, None], axis=1)[:, 0]
-  q_n = jnp.take_along_axis(q_pad, n[:, None, None], axis=1)[:, 0]
-  resid = jnp.maximum(p_n - q_n, 0.0)
-  resid = jnp.where(resid.sum(-1, keepdims=True) > 0, resid, p_n)
-  sampled = jax.vmap(jax.random.categorical)(key_y, jnp.log(resid))
-  y = jnp.where(greedy, jnp.argmax(p_n, axis=-1), sampled).astype(jnp.int32)
-  return n, y
+  n_g, y_g = spec_lib.speculative_accept(p, q, draft_tokens, draft_len, keys, greedy=True)
+  n_s, y_s = spec_lib.speculative_accept(p, q, draft_tokens, draft_len, keys, greedy=False)
+  return jnp.where(greedy, n_g, n_s), jnp.where(greedy, y_g, y_s)
 
 
 def shadow_tokens(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
