@@ -62,3 +62,20 @@ def choose_tokens(logits: jax.Array, keys: jax.Array, *, greedy: jax.Array, top_
   logp, entropy = log_probs_and_entropy(dist)
   token_logp = jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
   return token, token_logp, entropy
+
+
+def process_logits(logits: jax.Array, *, temperature: jax.Array, top_k: int,
+                   top_p: float) -> tuple[jax.Array, jax.Array]:
+  """(scaled, filtered) logits [..., V] f32: the processing every sampled token goes through.
+
+  scaled = logits / temperature (divided by 1 when temperature <= 0, i.e. greedy), then
+  filtered = top-p(top-k(scaled)) with -inf outside the kept set: the exact steps `sample`
+  applies before `choose_tokens` draws. Speculative decoding applies this one function to the
+  draft and to the target, as exactness requires (both laws processed the same way).
+  temperature: f32 [] (traced: one compile for every temperature).
+  """
+  v = logits.shape[-1]
+  scaled = logits.astype(jnp.float32) / jnp.where(temperature <= 0, 1.0, temperature)
+  flat = scaled.reshape(-1, v)  # the filters work on rows [M,V]
+  filtered = filter_top_p(filter_top_k(flat, top_k), top_p).reshape(scaled.shape)
+  return scaled, filtered
