@@ -238,27 +238,25 @@ def test_engine_law_of_tokens_equals_plain_sampling(draft, temperature, top_k, t
   assert st.drafted > 0
 
 
-def _teacher_forced(prompt, completion, temperature, top_k=0, top_p=1.0):
-  """(log p [T,V], entropy [T]) of the processed target law at every completion position."""
-  seq = jnp.asarray([list(prompt) + list(completion[:-1])], jnp.int32)
-  logits, _ = _FORWARD(PARAMS, seq, config=CONFIG)
-  scaled, filtered = process_logits(logits[0, len(prompt) - 1:], temperature=jnp.float32(temperature),
-                                    top_k=top_k, top_p=top_p)
-  dist = scaled if temperature <= 0 else filtered
-  logp = jax.nn.log_softmax(dist, axis=-1)
-  ent = -jnp.sum(jnp.where(logp > -jnp.inf, jnp.exp(logp) * logp, 0.0), axis=-1)
-  return np.asarray(logp), np.asarray(ent)
-
-
-def _check_logprobs(out, prompts, temperature, top_k=0, top_p=1.0):
+def _check_logprobs(out, prompts, temperature):
+  """Rollout log-probs / entropies = the processed target law of one teacher-forced forward
+  over prompt + completion (rows left-padded to one width: one compile for every call)."""
   tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)
+  t = tokens.shape[1]
+  width = max(map(len, prompts)) + t - 1
+  seqs = np.zeros((len(prompts), width), np.int32)
+  seg = np.zeros((len(prompts), width), np.int32)
   for row, prompt in enumerate(prompts):
-    m = int(mask[row].sum())
-    logp, ent = _teacher_forced(prompt, tokens[row, :m], temperature, top_k, top_p)
-    want = np.take_along_axis(logp, tokens[row, :m, None], axis=-1)[:, 0]
-    np.testing.assert_allclose(np.asarray(out.logprobs[row, :m]), want, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(out.entropy[row, :m]), ent, atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(out.logprobs[row, m:]), 0.0)
+    seq = list(prompt) + list(tokens[row, :-1])
+    seqs[row, width - len(seq):], seg[row, width - len(seq):] = seq, 1
+  logits, _ = _FORWARD(PARAMS, jnp.asarray(seqs), config=CONFIG, segment_ids=jnp.asarray(seg))
+  scaled, filtered = process_logits(logits[:, -t:], temperature=jnp.float32(temperature), top_k=0,
+                                    top_p=1.0)
+  logp = np.asarray(jax.nn.log_softmax(scaled if temperature <= 0 else filtered, axis=-1))
+  ent = -np.sum(np.exp(logp) * logp, axis=-1)
+  want = np.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+  np.testing.assert_allclose(np.asarray(out.logprobs), np.where(mask == 1, want, 0.0), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out.entropy), np.where(mask == 1, ent, 0.0), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", list(DRAFTS))
@@ -294,7 +292,7 @@ def test_row_does_not_depend_on_other_rows():
 
 def test_zero_draft_tokens_is_sample_bit_for_bit():
   kw = dict(config=CONFIG, rng=jax.random.key(9), max_new_tokens=10, temperature=1.0,
-            stop_tokens=(1,), num_samples=2)
+            stop_tokens=(1,))
   plain = sample(PARAMS, PROMPTS, **kw)
   spec, st = speculative_sample(PARAMS, PROMPTS, draft=NGramDraft(), num_draft_tokens=0, **kw)
   for field in ("tokens", "mask", "logprobs", "entropy", "truncated", "prompt_tokens"):
@@ -303,10 +301,10 @@ def test_zero_draft_tokens_is_sample_bit_for_bit():
 
 
 def test_stop_tokens_and_max_new_tokens_clip_rounds():
-  """Sampled rows with the stop token frequent (a 2-token stop set): the mask is 1 up to and
+  """Sampled rows at temperature 1.5 (the stop token is frequent): the mask is 1 up to and
   including the first stop token and within max_new_tokens, pad after; truncated iff none."""
-  stops = (1, 3)
-  for seed in range(4):
+  stops = (1,)  # the compile of test_greedy_equals_plain_greedy_sample[layers]
+  for seed in range(8):
     out, _ = speculative_sample(PARAMS, PROMPTS, config=CONFIG, rng=jax.random.key(seed),
                                 max_new_tokens=10, stop_tokens=stops, draft=LayerDraft(1),
                                 num_draft_tokens=3, temperature=1.5)
@@ -325,27 +323,28 @@ def test_stop_tokens_and_max_new_tokens_clip_rounds():
 def test_specdec_head_sets_the_draft_length():
   """A head predicting rejection (ĥ ≈ 0) stops every draft at K_min; one predicting acceptance
   (ĥ ≈ 1) drafts K_max; both give plain greedy's tokens."""
-  kw = dict(config=CONFIG, rng=jax.random.key(1), max_new_tokens=12, temperature=0.0,
-            stop_tokens=(), draft=LayerDraft(1), num_draft_tokens=4, min_draft_tokens=2,
+  kw = dict(config=CONFIG, rng=jax.random.key(1), max_new_tokens=10, temperature=0.0,
+            stop_tokens=(1,), draft=LayerDraft(1), num_draft_tokens=4, min_draft_tokens=2,
             stop_threshold=0.3)
-  plain = sample(PARAMS, PROMPTS, config=CONFIG, rng=jax.random.key(1), max_new_tokens=12,
-                 temperature=0.0, stop_tokens=())
+  plain = sample(PARAMS, PROMPTS, config=CONFIG, rng=jax.random.key(1), max_new_tokens=10,
+                 temperature=0.0, stop_tokens=(1,))
   head = accept_head.init_accept_head(jax.random.key(0), CONFIG.dim)
-  for bias, per_round in ((10.0, 2), (-10.0, 4)):  # out bias [+b, -b]: ĥ = sigmoid(-2b)
+  mean_draft = {}
+  for bias in (10.0, -10.0):  # out bias [+b, -b]: ĥ = sigmoid(-2b), ~0 then ~1
     params = {**head, "out": {"w": head["out"]["w"], "b": jnp.asarray([bias, -bias])}}
     out, st = speculative_sample(PARAMS, PROMPTS, accept_head=(params, 3), **kw)
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(plain.tokens))
-    # Each row-round drafts per_round tokens unless fewer fit in the completion (room).
-    assert st.drafted <= per_round * st.row_rounds
-    assert st.drafted >= per_round * (st.row_rounds - 3 * len(PROMPTS))
+    mean_draft[bias] = st.drafted / st.row_rounds
+  # ĥ ~ 0: stop at K_min = 2 (or earlier: a drafted stop token, no room left); ĥ ~ 1: drafts
+  # run to K_max = 4 unless cut the same ways, so on average well above K_min.
+  assert mean_draft[10.0] <= 2.0 < mean_draft[-10.0]
 
 
 def test_bad_drafts_are_named():
   other = models.tiny("qwen2", vocab_size=24, dim=16, num_layers=1, eos_ids=(1,), pad_id=0)
   kw = dict(config=CONFIG, rng=jax.random.key(0), max_new_tokens=4, num_draft_tokens=2)
   with pytest.raises(ValueError, match="vocab_size 24 != target vocab_size 16"):
-    speculative_sample(PARAMS, PROMPTS, draft=ModelDraft(models.init_params(other, jax.random.key(0)),
-                                                         other), **kw)
+    speculative_sample(PARAMS, PROMPTS, draft=ModelDraft(None, other), **kw)
   eos = DRAFT_CONFIG.replace(eos_ids=(2,))
   with pytest.raises(ValueError, match=r"eos_ids \(2,\) != target eos_ids \(1,\)"):
     speculative_sample(PARAMS, PROMPTS, draft=ModelDraft(DRAFT.params, eos), **kw)
