@@ -16,15 +16,15 @@ What it does: the target is the quickstart model (Qwen2-style, D=128, 2 layers) 
   state) learns a with the rejection-weighted BCE (w = 6). The reference's other settings,
   scaled to CPU: AdamW, cosine schedule, 3% warm-up (9 steps), no weight decay; lr 1e-3 for
   16-prompt batches (the reference: 3 epochs of Alpaca at batch 32).
-Expected result: see RESULT below (held-out soft BCE of the untrained head -> trained head,
-  Pearson correlation of predicted and true acceptance on 64 held-out prompts), and the
-  wall time measured on 2 shared CPU cores.
+Expected result (measured 2026-12-07, seed 0, 2 CPU cores shared with other jobs): on the 162
+  held-out answer positions of 64 prompts (mean true acceptance 0.696), the head's weighted
+  loss (w = 6, what it minimises) falls 0.693 -> 0.504 and the Pearson correlation of ĥ with the
+  true acceptance min(1, p/q) is 0.46 (0.41 after 100 head steps); ĥ averages 0.39, below the
+  labels by design (w = 6 weights the rejection class 6x, as the reference), so the plain
+  BCE rises 0.693 -> 0.792 (w = 1 trains that instead). Wall time 95 s (compiles included).
 """
 
 from tokenrl.config import base_config
-
-# Measured by `tokenrl train --config configs/specdec_pp.py` (seed 0); filled in below.
-RESULT = ""
 
 
 def get_config(arg=None):

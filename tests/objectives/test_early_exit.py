@@ -81,6 +81,10 @@ def test_rate_zero_is_no_dropout(model):
   tiny = ee.layer_hidden_states(params, tokens, config=config, segment_ids=seg,
                                 drop_rates=np.full(L, 1e-9, np.float32), rng=jax.random.key(3))
   np.testing.assert_allclose(tiny, fast, rtol=1e-5, atol=1e-5)
+  # Traced zero rates (inside jit) take the layer-by-layer path: the same states.
+  traced = jax.jit(lambda r: ee.layer_hidden_states(params, tokens, config=config, segment_ids=seg,
+                                                    drop_rates=r, rng=jax.random.key(3)))
+  np.testing.assert_allclose(traced(jnp.zeros(L)), fast, rtol=1e-5, atol=1e-5)
   # The last recorded state through the final norm + unembedding is the model's output.
   logits, _ = models.forward(params, tokens, config=config, segment_ids=seg)
   np.testing.assert_allclose(ee.exit_logits_fn(params, config)(fast[-1]), logits, rtol=1e-5,
@@ -117,11 +121,11 @@ def test_gradients_finite_with_dropout(model):
   scales = jnp.asarray(ee.layer_loss_scales(L))
   rates = ee.layer_dropout_rates(L, 0.3)
 
-  def f(p):
+  def f(p, r):   # rates traced (a jitted step's argument): the layer-by-layer path
     return ee.model_early_exit_loss(p, tokens, seg, mask, config=config, scales=scales,
-                                    drop_rates=rates, rng=jax.random.key(2))[0]
+                                    drop_rates=r, rng=jax.random.key(2))[0]
 
-  loss, grads = jax.jit(jax.value_and_grad(f))(params)
+  loss, grads = jax.jit(jax.value_and_grad(f))(params, rates)
   assert np.isfinite(loss)
   leaves = jax.tree.leaves(grads)
   assert all(np.all(np.isfinite(g)) for g in leaves)

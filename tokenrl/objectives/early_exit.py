@@ -127,7 +127,7 @@ def layer_dropout_rates(num_layers: int, p_max: float, *, scale: str = "exp",
 
 
 def early_exit_stats(hidden: jax.Array, targets: jax.Array, mask: jax.Array, *,
-                     exit_logits: Callable[[jax.Array], jax.Array]
+                     exit_logits: Callable[[jax.Array], jax.Array], denominator: Any = None
                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(ce [L], accuracy [L], agreement [L]) f32 of every exit, token means over mask.
 
@@ -136,13 +136,14 @@ def early_exit_stats(hidden: jax.Array, targets: jax.Array, mask: jax.Array, *,
   final norm + unembedding). ce_ℓ = CE_ℓ of the module docstring; accuracy_ℓ = share of argmax
   exit_ℓ = target; agreement_ℓ = share of argmax exit_ℓ = argmax exit_L (the greedy acceptance
   rate of an ℓ-layer self-drafter, DEL's α_ℓ). Exits run one at a time (lax.map), so only one
-  [N,S,V] of logits is live.
+  [N,S,V] of logits is live. denominator: the Σ m to divide by (default this batch's, at least
+  1); a micro-batch passes the whole minibatch's so that summed micro-batches equal one batch.
   """
   if hidden.ndim != 4 or hidden.shape[1:3] != targets.shape or mask.shape != targets.shape:
     raise ValueError(f"hidden must be [L,N,S,D] with targets and mask [N,S]; got hidden "
                      f"{hidden.shape}, targets {targets.shape}, mask {mask.shape}")
   m = mask.astype(jnp.float32)
-  denom = jnp.maximum(m.sum(), 1.0)
+  denom = jnp.maximum(m.sum(), 1.0) if denominator is None else denominator
   final = jnp.argmax(exit_logits(hidden[-1]), axis=-1)
 
   def one(h):
@@ -186,19 +187,19 @@ def layer_hidden_states(params: Any, tokens: jax.Array, *, config: ModelConfig,
                         rng: jax.Array | None = None, remat: bool = False) -> jax.Array:
   """h [L,N,S,D]: the residual stream after each layer (before the final norm), index ℓ−1.
 
-  drop_rates: p [L] (`layer_dropout_rates`, a concrete array) or None. All zero or None: one
-  ordinary forward (`run_with_hooks` with record_residuals). Otherwise the layers run one at a
-  time, each as a 1-layer decoder fed the incoming residual (Hooks.inputs_hidden), and row n
+  drop_rates: p [L] (`layer_dropout_rates`; may be traced, e.g. a jitted step's argument whose
+  values follow a schedule) or None. None, or a concrete all-zero array: one ordinary forward
+  (`run_with_hooks` with record_residuals). Otherwise the layers run one at a time, each as a 1-layer decoder fed the incoming residual (Hooks.inputs_hidden), and row n
   keeps its input unchanged past layer ℓ with probability p_ℓ (Bernoulli per row and layer
   from fold_in(rng, ℓ)). Every row still computes every layer (the select discards it): this
   is a training regulariser, not a speed-up. Positions and padding come from segment_ids as in
   `forward`, so a 1-layer pass equals the same layer inside the full pass.
   """
   n_layers = config.num_layers
-  rates = None if drop_rates is None else np.asarray(drop_rates, np.float32)
+  rates = None if drop_rates is None else jnp.asarray(drop_rates, jnp.float32)
   if rates is not None and rates.shape != (n_layers,):
     raise ValueError(f"drop_rates has shape {rates.shape}, expected ({n_layers},) (L)")
-  if rates is None or not rates.any():
+  if rates is None or (not isinstance(rates, jax.core.Tracer) and not np.asarray(rates).any()):
     out = transformer.run_with_hooks(params, tokens, config=config, segment_ids=segment_ids,
                                      hooks=Hooks(record_residuals=True), return_hidden=True,
                                      remat=remat)
@@ -224,13 +225,14 @@ def layer_hidden_states(params: Any, tokens: jax.Array, *, config: ModelConfig,
 def model_early_exit_loss(params: Any, tokens: jax.Array, segment_ids: jax.Array,
                           loss_mask: jax.Array, *, config: ModelConfig, scales: jax.Array,
                           drop_rates: Any = None, rng: jax.Array | None = None,
-                          remat: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+                          remat: bool = False, denominator: Any = None
+                          ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(J, {'ce','accuracy','agreement'} [L]) of next-token prediction on a sequence batch.
 
   tokens / segment_ids / loss_mask [N,S] as an SFT batch: position s predicts tokens[:, s+1]
   and is scored where loss_mask[:, s+1] = 1 (tokenrl.train.steps.make_sft_step's convention, so
   a one-hot scale on layer L is exactly the SFT loss). scales ẽ [L]; drop_rates / rng as
-  `layer_hidden_states`.
+  `layer_hidden_states`; denominator as `early_exit_stats`.
   """
   hidden = layer_hidden_states(params, tokens[:, :-1], config=config,
                                segment_ids=segment_ids[:, :-1], drop_rates=drop_rates, rng=rng,
@@ -238,6 +240,7 @@ def model_early_exit_loss(params: Any, tokens: jax.Array, segment_ids: jax.Array
   if scales.shape != hidden.shape[:1]:
     raise ValueError(f"scales has shape {scales.shape}, expected ({hidden.shape[0]},) (L)")
   ce, acc, agree = early_exit_stats(hidden, tokens[:, 1:], loss_mask[:, 1:],
-                                    exit_logits=exit_logits_fn(params, config))
+                                    exit_logits=exit_logits_fn(params, config),
+                                    denominator=denominator)
   return (jnp.asarray(scales, jnp.float32) * ce).sum(), {"ce": ce, "accuracy": acc,
                                                          "agreement": agree}
