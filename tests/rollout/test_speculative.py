@@ -18,6 +18,7 @@ from tokenrl import models
 from tokenrl.models import accept_head
 from tokenrl.rollout import sample
 from tokenrl.rollout.drafts import LayerDraft, ModelDraft, NGramDraft, ngram_propose
+from tokenrl.rollout import speculative as speculative_lib
 from tokenrl.rollout.sampling import process_logits
 from tokenrl.rollout.speculative import (specdec_draft_length, specdec_stop, speculative_accept,
                                          speculative_sample)
@@ -272,6 +273,20 @@ def test_greedy_equals_plain_greedy_sample(name):
   assert truncated.any() and not truncated.all()
   _check_logprobs(spec, PROMPTS, 0.0)
   assert st.accepted > 0  # drafts were accepted (multi-token rounds ran)
+
+
+def test_stacked_cache_layout_greedy_and_logprobs(monkeypatch):
+  """The GPU/TPU layout (stacked [L,N,C,K,H] caches under the layer scan) on CPU: greedy is
+  still plain greedy, log-probs the teacher-forced target's. num_draft_tokens=2 is a static
+  argument no other LayerDraft call uses, so this traces anew with the patched layout."""
+  monkeypatch.setattr(speculative_lib, "_per_layer_cache", lambda config: False)
+  kw = dict(config=CONFIG, rng=jax.random.key(1), max_new_tokens=10, temperature=0.0,
+            stop_tokens=(1,))
+  spec, _ = speculative_sample(PARAMS, PROMPTS, draft=LayerDraft(1), num_draft_tokens=2, **kw)
+  plain = sample(PARAMS, PROMPTS, **kw)
+  for field in ("tokens", "mask", "truncated"):
+    np.testing.assert_array_equal(np.asarray(getattr(spec, field)), np.asarray(getattr(plain, field)))
+  _check_logprobs(spec, PROMPTS, 0.0)
 
 
 def test_sampled_logprobs_and_entropy_are_the_target_teacher_forced():

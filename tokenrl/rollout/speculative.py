@@ -104,8 +104,8 @@ def speculative_accept(p: jax.Array, q: jax.Array, draft_tokens: jax.Array, draf
     p: f32 [B,K+1,V] processed target laws p_1..p_{K+1} (p_i given x̃_<i).
     q: f32 [B,K,V] processed draft laws the draft tokens were sampled from.
     draft_tokens: int32 [B,K] x̃_1..x̃_K.
-    draft_len: int32 [B] drafted tokens per row; positions >= draft_len are rejected and their
-      q is taken as 0 (so a fully accepted short draft gets its bonus token from p).
+    draft_len: int32 [B] drafted tokens per row; drafts i > draft_len (1-based) are rejected and
+      their q is taken as 0 (so a fully accepted short draft gets its bonus token from p).
     key: a PRNG key (row b uses fold_in(key, b)) or [B] keys, one per row. A row's uniforms
       (from fold_in(row_key, 0)) are independent of its residual draw (fold_in(row_key, 1)) and
       of whatever drew the draft tokens.
@@ -298,6 +298,12 @@ def speculative_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: j
   return rollout, stats
 
 
+def _per_layer_cache(config: ModelConfig) -> bool:
+  """The layout `sample` picks (see there): per-layer cache and split weights on CPU, the
+  stacked cache under the layer scan elsewhere (read at trace time)."""
+  return jax.default_backend() == "cpu" and config.attention == "full"
+
+
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "num_draft", "top_k",
                                              "top_p", "stop_tokens", "draft", "head",
                                              "cache_dtype"))
@@ -311,8 +317,7 @@ def _generate(params, draft_weights, head_params, prompt_tokens, prompt_mask, rn
   # finished rows, which keep running frozen), and the draft K+1 from P + length - 2; no write is
   # ever clamped onto live slots. With K = 0 this is `sample`'s cache, so K = 0 is `sample`.
   c = p + steps + k
-  # The layouts `sample` picks (see there): per-layer cache and split weights on CPU.
-  per_layer = jax.default_backend() == "cpu" and config.attention == "full"
+  per_layer = _per_layer_cache(config)
   cache = transformer.init_cache(config, n, c, cache_dtype, per_layer=per_layer, row_index=True)
   target_params = transformer.split_layers(params) if per_layer else params
   hidden, cache = transformer.forward(target_params, prompt_tokens, config=config,
