@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tokenrl import models
-from tokenrl.rollout import r2r, r2r_train, sample
+from tokenrl.rollout import prepare_prompts, r2r, r2r_train, sample
 
 SMALL_CFG = models.tiny("qwen2", vocab_size=16, dim=16, num_layers=2, num_heads=2,
                         num_kv_heads=1, mlp_dim=32, eos_ids=(1,), pad_id=0)
@@ -44,28 +44,31 @@ def test_divergence_labels_pipeline():
   assert np.all(same.labels_grid == r2r.IDENTICAL)
   data = r2r.divergence_labels(SMALL, SMALL_CFG, LARGE, LARGE_CFG, PROMPTS, max_new_tokens=6,
                                horizon=3)
-  ref = sample(LARGE, PROMPTS, config=LARGE_CFG, rng=jax.random.key(0), max_new_tokens=6,
-               temperature=0.0, stop_tokens=())
-  np.testing.assert_array_equal(data.llm_tokens, ref.tokens)
+  # Step 0: the LLM's greedy answer (a prefix of a longer greedy answer).
+  longer = np.asarray(sample(LARGE, PROMPTS, config=LARGE_CFG, rng=jax.random.key(0),
+                             max_new_tokens=9, temperature=0.0, stop_tokens=()).tokens)
+  np.testing.assert_array_equal(data.llm_tokens, longer[:, :6])
   np.testing.assert_array_equal(data.labels_grid != r2r.IDENTICAL,
                                 data.slm_tokens != data.llm_tokens)
   assert (data.labels_grid != r2r.IDENTICAL).any()
-  # The SLM's teacher-forced greedy token, recomputed for one row.
-  seq = jnp.asarray([PROMPTS[1] + data.llm_tokens[1].tolist()])
+  # Step 1: the SLM's teacher-forced greedy token, recomputed for one row.
+  seq = jnp.asarray([PROMPTS[0] + data.llm_tokens[0].tolist()])
   logits, _ = models.forward(SMALL, seq, config=SMALL_CFG)
-  np.testing.assert_array_equal(data.slm_tokens[1],
-                                np.argmax(np.asarray(logits[0, 1:1 + 6]), -1))
-  # One differing position by hand: LLM greedy after (y_<t, ŝ_t), judged by the sync rule.
-  r, c = map(int, np.argwhere(data.labels_grid != 0)[0])
-  cont = sample(LARGE, [PROMPTS[r] + data.llm_tokens[r, :c].tolist() + [int(data.slm_tokens[r, c])]],
-                config=LARGE_CFG, rng=jax.random.key(0), max_new_tokens=2, temperature=0.0,
-                stop_tokens=()).tokens[0]
-  longer = sample(LARGE, PROMPTS, config=LARGE_CFG, rng=jax.random.key(0), max_new_tokens=9,
-                  temperature=0.0, stop_tokens=()).tokens[r]
-  b_slm = np.concatenate([[data.slm_tokens[r, c]], np.asarray(cont)])[None]
-  b_llm = np.asarray(longer[c:c + 3])[None]
-  expect = r2r.NEUTRAL if r2r.reconverges(b_slm, b_llm, 2)[0] else r2r.DIVERGENT
-  assert data.labels_grid[r, c] == expect
+  np.testing.assert_array_equal(data.slm_tokens[0],
+                                np.argmax(np.asarray(logits[0, 2:2 + 6]), -1))
+  # Steps 2-3 by hand at every differing position: the LLM's 2 greedy tokens after
+  # (y_<t, ŝ_t) vs its own (y_t, y_t+1, y_t+2); neutral iff the SLM branch's last 2 tokens
+  # occur in the LLM branch.
+  rows, cols = np.nonzero(data.labels_grid)
+  conts = np.asarray(sample(
+      LARGE, [PROMPTS[r] + data.llm_tokens[r, :c].tolist() + [int(data.slm_tokens[r, c])]
+              for r, c in zip(rows, cols)], config=LARGE_CFG, rng=jax.random.key(0),
+      max_new_tokens=2, temperature=0.0, stop_tokens=()).tokens)
+  for (r, c), cont in zip(zip(rows, cols), conts):
+    b_slm = [int(data.slm_tokens[r, c])] + cont.tolist()
+    b_llm = longer[r, c:c + 3].tolist()
+    joined = any(b_llm[i:i + 2] == b_slm[1:] for i in range(2))
+    assert data.labels_grid[r, c] == (r2r.NEUTRAL if joined else r2r.DIVERGENT)
   assert data.hidden.shape == (18, 16) and data.logits.shape == (18, 16)
 
 
@@ -122,7 +125,9 @@ def test_threshold_extremes_equal_single_models(temperature):
 
 
 def test_mixed_routing_tokens_and_fraction():
-  kw = dict(rng=jax.random.key(8), max_new_tokens=8, temperature=0.0, stop_tokens=(14,))
+  # num_samples=2 as above: the same compiled decode loop.
+  kw = dict(rng=jax.random.key(8), max_new_tokens=8, temperature=0.0, stop_tokens=(14,),
+            num_samples=2)
   _, probe = r2r.r2r_sample(SMALL, SMALL_CFG, LARGE, LARGE_CFG, ROUTER, PROMPTS, threshold=0.0,
                             **kw)
   tau = float(np.median(np.asarray(probe.score)))  # some tokens routed, some not
@@ -135,10 +140,11 @@ def test_mixed_routing_tokens_and_fraction():
   assert 0 < routed.sum() < mask.sum()
   # Teacher-forced check: a routed token is the LLM's greedy choice given everything emitted
   # before it (so the LLM did process every emitted token), an unrouted one the SLM's.
-  for i, prompt in enumerate(PROMPTS):
-    m = int(mask[i].sum())
-    seq = jnp.asarray([prompt + tokens[i, :m].tolist()])
-    big = np.argmax(np.asarray(models.forward(LARGE, seq, config=LARGE_CFG)[0][0]), -1)
-    small = np.argmax(np.asarray(models.forward(SMALL, seq, config=SMALL_CFG)[0][0]), -1)
-    at = slice(len(prompt) - 1, len(prompt) - 1 + m)
-    np.testing.assert_array_equal(tokens[i, :m], np.where(routed[i, :m], big[at], small[at]))
+  rows = [p for p in PROMPTS for _ in range(2)]
+  seqs, seg = prepare_prompts([p + tokens[i].tolist() for i, p in enumerate(rows)], 0,
+                              bucket=False)
+  at = slice(seqs.shape[1] - 9, seqs.shape[1] - 1)  # the states predicting the 8 tokens
+  pick = lambda params, cfg: np.argmax(np.asarray(models.forward(
+      params, jnp.asarray(seqs), config=cfg, segment_ids=jnp.asarray(seg))[0][:, at]), -1)
+  expect = np.where(routed, pick(LARGE, LARGE_CFG), pick(SMALL, SMALL_CFG))
+  np.testing.assert_array_equal(tokens[mask == 1], expect[mask == 1])

@@ -232,16 +232,18 @@ def divergence_labels(small_params: Any, small_config: ModelConfig, large_params
                 max_new_tokens=t + horizon, temperature=0.0, stop_tokens=())
   answer = np.asarray(full.tokens)  # [N,T+h]
   y = answer[:, :t]
-  slm_tok, hid, lgt = [], [], []
-  for i, prompt in enumerate(prompts):  # one teacher-forced SLM pass per prompt (no padding)
-    seq = jnp.asarray([prompt + y[i].tolist()])
-    hidden, _ = _FORWARD(small_params, seq, config=small_config, return_hidden=True)
-    h = hidden[0, len(prompt) - 1:len(prompt) - 1 + t]  # positions predicting y_0..y_{T-1}
-    logits = transformer.unembed(small_params, h, config=small_config)
-    slm_tok.append(np.asarray(jnp.argmax(logits, -1)))
-    hid.append(np.asarray(h, np.float32))
-    lgt.append(np.asarray(logits, np.float32))
-  s = np.stack(slm_tok).astype(np.int32)
+  # One teacher-forced SLM pass over all rows, left-padded: the answer fills the last T
+  # columns, so the state predicting y_t sits at column W − T − 1 + t of every row.
+  seqs, seg = prepare_prompts([prompt + y[i].tolist() for i, prompt in enumerate(prompts)],
+                              small_config.pad_id)
+  hidden, _ = _FORWARD(small_params, jnp.asarray(seqs), config=small_config,
+                       segment_ids=jnp.asarray(seg), return_hidden=True)
+  width = seqs.shape[1]
+  h = hidden[:, width - t - 1:width - 1]  # [N,T,D]
+  logits = transformer.unembed(small_params, h, config=small_config)
+  s = np.asarray(jnp.argmax(logits, -1)).astype(np.int32)
+  hid = np.asarray(h, np.float32).reshape(-1, h.shape[-1])
+  lgt = np.asarray(logits, np.float32).reshape(-1, logits.shape[-1])
   branch_llm = np.stack([answer[:, j:j + horizon] for j in range(t)], axis=1)  # [N,T,h]
   branch_slm = branch_llm.copy()
   rows, cols = np.nonzero(s != y)
@@ -254,8 +256,8 @@ def divergence_labels(small_params: Any, small_config: ModelConfig, large_params
                                temperature=0.0, stop_tokens=()).tokens)
     branch_slm[rows, cols] = np.concatenate([s[rows, cols][:, None], cont], axis=1)
   labels = label_positions(y, s, branch_slm, branch_llm, sync=sync, judge=judge)
-  return LabelData(hidden=np.concatenate(hid), token=s.reshape(-1),
-                   logits=np.concatenate(lgt), label=labels.reshape(-1), llm_tokens=y,
+  return LabelData(hidden=hid, token=s.reshape(-1), logits=lgt, label=labels.reshape(-1),
+                   llm_tokens=y,
                    slm_tokens=s, labels_grid=labels)
 
 
