@@ -30,10 +30,10 @@ the last prompt token) join the first update.
 
 Batching: statistics are per row; the exit layer is one per round for the whole batch (chosen
 from the statistics summed over live rows), so the draft is one `lax.switch` branch; each row
-has its own draft length (confidence rule) and its own accepted count. The KV cache has one
-write index for all rows, so a round writes K+1 = max_draft+1 slots and each row invalidates
-the slots it rejected (pos = -1, which attention masks); the cache holds (P−1) + T·(K+1)
-slots. The layer subsets run through `transformer.forward` on a sub-model that shares the
+has its own draft length (confidence rule) and its own accepted count. The KV cache has a
+per-row index (`init_cache(row_index=True)`): a round writes K+1 = max_draft+1 slots at each
+row's index and the row keeps 1 + n of them by setting its index there (rejected slots are
+masked and later overwritten); the cache holds (P−1) + T + 2·(K+1) slots. The layer subsets run through `transformer.forward` on a sub-model that shares the
 per-layer cache arrays (see `run_layer_subset`), so the draft is the target's own code.
 """
 
@@ -369,9 +369,10 @@ def _del_generate(params, prompt_tokens, prompt_mask, rng, temperature, *, confi
   row_keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(n))
   pending = _prompt_counts(params, prompt_tokens, prompt_mask, config=config,
                            exit_layers=exit_layers, ctx=prompt_positions)
-  # Every round writes K+1 slots at one shared index (rows are aligned); R ≤ T rounds.
-  cache = transformer.init_cache(config, n, (p - 1) + steps * (k + 1), cache_dtype,
-                                 per_layer=True)
+  # Row n's index is (P−1) + its kept tokens ≤ (P−1) + T − 1 + K + 1 while it lives (a stop
+  # token may end it K slots ahead of its output), and every round writes K+1 slots from it.
+  cache = transformer.init_cache(config, n, (p - 1) + steps + 2 * (k + 1), cache_dtype,
+                                 per_layer=True, row_index=True)
   params = transformer.split_layers(params)
   # Prefill all but the last prompt token: round 1 drafts from it, as every round drafts
   # from the last emitted token (not yet in the cache).
@@ -455,11 +456,9 @@ def _del_generate(params, prompt_tokens, prompt_mask, rng, temperature, *, confi
     rows = jnp.arange(n)[:, None]
     put = lambda buf, val: buf.at[rows, cols].set(jnp.where(valid, val, 0).astype(buf.dtype))
     tokens = s.tokens.at[rows, cols].set(jnp.where(valid, emit, config.pad_id))
-    # Rejected slots leave the cache: pos -1 is masked by attention. y is not cached yet.
-    i0 = s.cache["index"]
-    kept = jnp.where(j[None] <= n_acc[:, None], jax.lax.dynamic_slice_in_dim(
-        cache["pos"], i0, k + 1, axis=1), -1)
-    cache = {**cache, "pos": jax.lax.dynamic_update_slice_in_dim(cache["pos"], kept, i0, axis=1)}
+    # Each live row keeps [last, x̃_1..x̃_n]: its index moves past them; the rejected slots
+    # beyond are masked and overwritten next round. y is not cached yet.
+    cache = {**cache, "index": jnp.where(live, s.cache["index"] + 1 + n_acc, s.cache["index"])}
 
     # Shadow tokens of every candidate at the round's positions [last, x̃_1..x̃_dlen].
     full_tok, _ = shadow_tokens(logits)
