@@ -16,20 +16,29 @@ from tokenrl.objectives import token_logprobs
 L = 3
 
 
-@pytest.fixture(scope="module", params=["qwen2", "gemma3"])
-def model(request):
+def _model(family):
   # gemma3: embedding scale, (1 + w) norms, post-norms and a sliding-window layer (per-layer
   # window kinds must survive the 1-layer split).
   kw = dict(vocab_size=40, dim=32, num_layers=L, num_heads=4, num_kv_heads=2, mlp_dim=64,
             max_seq_len=64)
-  config = models.tiny(request.param, **kw)
-  if request.param == "gemma3":
+  config = models.tiny(family, **kw)
+  if family == "gemma3":
     config = config.replace(sliding_window=3, local_layers=(True, False, True))
   params = models.init_params(config, jax.random.key(0))
   # Non-trivial final norm so "through the final norm" is really tested.
   params["final_norm"] = params["final_norm"] + 0.3 * jax.random.normal(
       jax.random.key(1), params["final_norm"].shape)
   return config, params
+
+
+@pytest.fixture(scope="module", params=["qwen2", "gemma3"])
+def model(request):
+  return _model(request.param)
+
+
+@pytest.fixture(scope="module")
+def qwen2():
+  return _model("qwen2")
 
 
 def _batch(n=3, s=9, seed=0):
@@ -91,8 +100,8 @@ def test_rate_zero_is_no_dropout(model):
                              atol=1e-5)
 
 
-def test_rate_one_skips_every_layer_and_dropout_is_per_row(model):
-  config, params = model
+def test_rate_one_skips_every_layer_and_dropout_is_per_row(qwen2):
+  config, params = qwen2
   tokens, seg, _ = _batch()
   emb = params["embed"][tokens] * config.embed_scale
   all_dropped = ee.layer_hidden_states(params, tokens, config=config, segment_ids=seg,
@@ -115,8 +124,8 @@ def test_rate_one_skips_every_layer_and_dropout_is_per_row(model):
     ee.layer_hidden_states(params, tokens, config=config, drop_rates=rates)
 
 
-def test_gradients_finite_with_dropout(model):
-  config, params = model
+def test_gradients_finite_with_dropout(qwen2):
+  config, params = qwen2
   tokens, seg, mask = _batch()
   scales = jnp.asarray(ee.layer_loss_scales(L))
   rates = ee.layer_dropout_rates(L, 0.3)
