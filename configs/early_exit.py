@@ -14,9 +14,15 @@ What it does: a 4-layer Qwen2-style model (D=128) learns 1-2 digit addition/subt
   recipe (tokenrl/train/early_exit.py): the early-exit loss at every layer through the shared
   final norm + unembedding with scales ∝ ℓ(ℓ+1)/2 (sum_l, e_scale 1), and per-row layer dropout
   rising exponentially with depth to p_max = 0.1 at the last layer; AdamW 1e-3, cosine.
-Expected result: see the numbers below (held-out teacher-forced CE of each exit and the share
-  of answer tokens where exit ℓ's greedy token equals the full model's, i.e. the greedy
-  acceptance rate of an ℓ-layer self-drafter, before -> after the early-exit phase).
+Expected result (measured 2026-12-07, seed 0, 2 CPU cores shared with other jobs; 256 held-out
+  problems, teacher-forced answer tokens). Agreement of exit ℓ's greedy token with the full
+  model's (the greedy acceptance rate of an ℓ-layer self-drafter), exits 1 / 2 / 3:
+    after the 300 SFT steps                    0.48 / 0.65 / 0.79
+    + 300 early-exit steps (this config)       0.54 / 0.79 / 0.93   (exit CE 1.67 / 0.92 / 0.76)
+    + 300 plain steps instead (control:        0.49 / 0.66 / 0.85   (exit CE 1.96 / 1.22 / 0.90)
+      --config.rl.early_exit.e_scale=0 --config.rl.early_exit.layer_dropout=0)
+  while the full model is unharmed: last-layer token accuracy 0.710 vs 0.717 for the control,
+  CE 0.769 vs 0.819. Wall time 227 s (control 169 s; compiles included).
 """
 
 from tokenrl.config import base_config
