@@ -19,8 +19,8 @@ Expected result (measured 2026-12-07, seed 0, 2 CPU cores shared with other jobs
   model's (the greedy acceptance rate of an ℓ-layer self-drafter), exits 1 / 2 / 3:
     after the 300 SFT steps                    0.48 / 0.65 / 0.79
     + 300 early-exit steps (this config)       0.54 / 0.79 / 0.93   (exit CE 1.67 / 0.92 / 0.76)
-    + 300 plain steps instead (control:        0.49 / 0.66 / 0.85   (exit CE 1.96 / 1.22 / 0.90)
-      --config.rl.early_exit.e_scale=0 --config.rl.early_exit.layer_dropout=0)
+    + 300 plain steps instead (control)        0.49 / 0.66 / 0.85   (exit CE 1.96 / 1.22 / 0.90)
+  (control: --config.rl.early_exit.e_scale=0 --config.rl.early_exit.layer_dropout=0),
   while the full model is unharmed: last-layer token accuracy 0.710 vs 0.717 for the control,
   CE 0.769 vs 0.819. Wall time 227 s (control 169 s; compiles included).
 """
