@@ -47,6 +47,7 @@ def _final_state(workdir):
   return step, state
 
 
+@pytest.mark.slow
 def test_early_exit_beats_plain_finetuning_on_the_first_exit_and_resumes(tmp_path, monkeypatch):
   ee_dir, plain_dir = str(tmp_path / "ee"), str(tmp_path / "plain")
   s = train(_cfg(), ee_dir)

@@ -41,6 +41,7 @@ def _cfg(**fields):
   return c
 
 
+@pytest.mark.slow
 def test_head_learns_acceptance(tmp_path):
   # w = 1: the training loss is the held-out soft BCE itself (w = 6 deliberately biases ĥ
   # down, so its BCE is not what it minimises; its weighted loss is checked in the next test).
@@ -123,6 +124,7 @@ def _final_state(workdir):
   return step, state
 
 
+@pytest.mark.slow
 def test_tokenrl_train_runs_and_resumes(tmp_path, monkeypatch):
   from tokenrl.train.rl_loop import train   # what `tokenrl train` calls
   # One warm-up phase (the draft's) before the head: resuming rebuilds the phase chain.
