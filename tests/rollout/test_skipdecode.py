@@ -3,7 +3,6 @@
 wrote) follow the schedule; skipping an identity layer changes nothing."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

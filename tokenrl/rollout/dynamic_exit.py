@@ -33,8 +33,9 @@ from the statistics summed over live rows), so the draft is one `lax.switch` bra
 has its own draft length (confidence rule) and its own accepted count. The KV cache has a
 per-row index (`init_cache(row_index=True)`): a round writes K+1 = max_draft+1 slots at each
 row's index and the row keeps 1 + n of them by setting its index there (rejected slots are
-masked and later overwritten); the cache holds (P−1) + T + 2·(K+1) slots. The layer subsets run through `transformer.forward` on a sub-model that shares the
-per-layer cache arrays (see `run_layer_subset`), so the draft is the target's own code.
+masked and later overwritten); the cache holds (P−1) + T + 2·(K+1) slots. The layer subsets
+run through `transformer.forward` on a sub-model that shares the per-layer cache arrays (see
+`run_layer_subset`), so the draft is the target's own code.
 """
 
 from __future__ import annotations

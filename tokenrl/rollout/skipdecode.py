@@ -68,7 +68,8 @@ def active_layers(num_layers: int, top_layers: int, warmup_layers: int) -> tuple
                       set(range(num_layers - top_layers, num_layers))))
 
 
-def check_schedule(schedule: Sequence[int], *, num_layers: int, max_new_tokens: int) -> tuple[int, ...]:
+def check_schedule(schedule: Sequence[int], *, num_layers: int,
+                   max_new_tokens: int) -> tuple[int, ...]:
   """The schedule as a tuple of T ints in [0, L], after checking it is non-increasing.
 
   Raises:
@@ -192,7 +193,7 @@ def _skip_generate(params, prompt_tokens, prompt_mask, rng, temperature, *, conf
     token, logp, ent = choose_tokens(scaled, keys, greedy=greedy, top_k=top_k, top_p=top_p)
     live = ~done
     token = jnp.where(live, token, config.pad_id)
-    put = lambda buf, val: jax.lax.dynamic_update_index_in_dim(buf, val.astype(buf.dtype), t, axis=1)
+    put = lambda buf, val: jax.lax.dynamic_update_index_in_dim(buf, val.astype(buf.dtype), t, 1)
     return (t + 1, cache, put(tokens, token), put(mask, live),
             put(logprobs, jnp.where(live, logp, 0.0)), put(entropy, jnp.where(live, ent, 0.0)),
             done | (live & jnp.isin(token, stops)))
