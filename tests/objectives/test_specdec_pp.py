@@ -1,4 +1,5 @@
-"""SpecDec++ labels, data mixing and the weighted soft-label BCE (spec decoding §3(b) 3-5, §3(e) 3-4)."""
+"""SpecDec++ labels, data mixing and the weighted soft-label BCE (spec decoding §3(b) 3-5 and
+the tiny checks §3(e) 3-4)."""
 
 import jax
 import jax.numpy as jnp

@@ -42,7 +42,8 @@ def _lines(workdir):
 def _final_state(workdir):
   ckpt = Checkpointer(workdir, async_save=False)
   step = ckpt.latest_step()
-  state = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+  args = ocp.args.Composite(state=ocp.args.StandardRestore())
+  state = ckpt.manager.restore(step, args=args).state
   ckpt.close()
   return step, state
 

@@ -13,7 +13,6 @@ import orbax.checkpoint as ocp
 import pytest
 
 from tokenrl import models
-from tokenrl.models import accept_head as ah
 from tokenrl.train import specdec_pp as sdt
 from tokenrl.train.checkpoint import Checkpointer
 
@@ -119,7 +118,8 @@ def _lines(workdir):
 def _final_state(workdir):
   ckpt = Checkpointer(workdir, async_save=False)
   step = ckpt.latest_step()
-  state = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+  args = ocp.args.Composite(state=ocp.args.StandardRestore())
+  state = ckpt.manager.restore(step, args=args).state
   ckpt.close()
   return step, state
 

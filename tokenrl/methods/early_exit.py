@@ -28,7 +28,7 @@ class EarlyExit(Method):
 
   def config(self):
     c = ml_collections.ConfigDict()
-    c.loss_scale = "sum_l"          # e_ℓ: one | l | sum_l (ℓ(ℓ+1)/2, LayerSkip) | sqrt_l | inv_l | inv_sqrt_l
+    c.loss_scale = "sum_l"          # e_ℓ: one | l | sum_l (ℓ(ℓ+1)/2) | sqrt_l | inv_l | inv_sqrt_l
     c.e_scale = 1.0                 # multiplies every exit's scale but the last (0 = plain SFT)
     c.curriculum = "none"           # none | rotational (every R-th layer, rotating) | gradual
     c.rotation = 2                  # R of the rotational curriculum

@@ -189,9 +189,10 @@ def layer_hidden_states(params: Any, tokens: jax.Array, *, config: ModelConfig,
 
   drop_rates: p [L] (`layer_dropout_rates`; may be traced, e.g. a jitted step's argument whose
   values follow a schedule) or None. None, or a concrete all-zero array: one ordinary forward
-  (`run_with_hooks` with record_residuals). Otherwise the layers run one at a time, each as a 1-layer decoder fed the incoming residual (Hooks.inputs_hidden), and row n
-  keeps its input unchanged past layer ℓ with probability p_ℓ (Bernoulli per row and layer
-  from fold_in(rng, ℓ)). Every row still computes every layer (the select discards it): this
+  (`run_with_hooks` with record_residuals). Otherwise the layers run one at a time, each as a
+  1-layer decoder fed the incoming residual (Hooks.inputs_hidden), and row n keeps its input
+  unchanged past layer ℓ with probability p_ℓ (Bernoulli per row and layer from
+  fold_in(rng, ℓ)). Every row still computes every layer (the select discards it): this
   is a training regulariser, not a speed-up. Positions and padding come from segment_ids as in
   `forward`, so a 1-layer pass equals the same layer inside the full pass.
   """

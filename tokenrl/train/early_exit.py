@@ -78,7 +78,8 @@ def train_early_exit(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, 
 
 
 def build_early_exit(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
-  """Phases 'sft' (train.sft_steps > 0) and 'early_exit' (train.max_steps, evaluated at both ends)."""
+  """Phases 'sft' (train.sft_steps > 0) and 'early_exit' (train.max_steps, evaluated at its
+  start and end)."""
   del workdir
   sec = cfg.rl.early_exit
   run = build_run(cfg)

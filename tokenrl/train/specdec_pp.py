@@ -207,7 +207,8 @@ def load_accept_head(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
   with open(os.path.join(directory, "head.json")) as f:
     info = json.load(f)
   head: dict[str, Any] = {}
-  for name, value in safetensors_io.load_tensors(os.path.join(directory, "head.safetensors")).items():
+  tensors = safetensors_io.load_tensors(os.path.join(directory, "head.safetensors"))
+  for name, value in tensors.items():
     node = head
     *parents, leaf = name.split(".")
     for p in parents:
