@@ -95,10 +95,10 @@ def test_router_training_reduces_loss():
   w = r2r_train.positive_weight(np.asarray(targets))
   before = r2r_train.eval_loss(ROUTER, inputs, targets, w)
   params, losses = r2r_train.train_router(ROUTER, inputs, targets, rng=jax.random.key(6),
-                                          steps=150, batch_size=128, learning_rate=3e-3)
+                                          steps=60, batch_size=128, learning_rate=3e-3)
   after = r2r_train.eval_loss(params, inputs, targets, w)
   assert after < 0.5 * before
-  assert losses[-20:].mean() < losses[:20].mean()
+  assert losses[-10:].mean() < losses[:10].mean()
   # The frozen SLM embedding is an input, not a parameter: training leaves SMALL untouched
   # and the router's params keep their structure.
   assert jax.tree.structure(params) == jax.tree.structure(ROUTER)
