@@ -161,6 +161,7 @@ def test_greedy_del_all_exact_layers_hand_rounds():
   np.testing.assert_array_equal(D.acceptance_rates(info.stats), 1.0)
 
 
+@pytest.mark.slow
 def test_sampled_law_equals_target_chi_square():
   # V = 8, T = 3, 1e5 rows of one prompt; layers 1, 2 scaled up so the early exits disagree
   # with the full model (drafts get rejected, residuals sampled, and E switches to 2).
