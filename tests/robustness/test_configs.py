@@ -65,7 +65,7 @@ def test_lossy_speculative_methods_are_refused_for_training(method):
 
 def test_speculative_options_are_checked_only_when_on():
   cfg = _tiny()
-  cfg.sampler.speculative.num_draft_tokens = 0  # ignored: method 'none'
+  cfg.sampler.speculative.num_draft_tokens = -1  # ignored: method 'none'
   validate_config(cfg)
   cfg.sampler.speculative.method = "specdec_pp"
   cfg.sampler.speculative.draft = "model"

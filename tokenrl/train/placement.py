@@ -40,9 +40,11 @@ from tokenrl.train import sharded
 class Placement:
   """A run's mesh, its batch sharding, and the host <-> device moves of the train loop."""
 
-  def __init__(self, mesh: Mesh, model: ModelConfig):
+  def __init__(self, mesh: Mesh, model: ModelConfig, sampler: Callable[..., Any] | None = None):
     self.mesh = mesh
     self.model = model
+    # `tokenrl.rollout.sample` or a drop-in with its signature (tokenrl.train.decoding).
+    self.sampler = sample_lib if sampler is None else sampler
     self.batch = mesh_lib.batch_sharding(mesh)
     spec = self.batch.spec[0] if len(self.batch.spec) else None
     axes = () if spec is None else ((spec,) if isinstance(spec, str) else tuple(spec))
@@ -136,8 +138,8 @@ class Placement:
     m = self._pad_to(b, num_samples)
     prompts = prompts + [prompts[-1]] * (m - b)
     p = self.decode_params(params) if decode_params is None else decode_params
-    out = sample_lib(p, prompts, config=self.model, num_samples=num_samples,
-                     prompt_sharding=self.batch, **kwargs)
+    out = self.sampler(p, prompts, config=self.model, num_samples=num_samples,
+                       prompt_sharding=self.batch, **kwargs)
     return jax.tree.map(lambda x: self.host(x)[:b * num_samples], out)
 
 

@@ -31,6 +31,7 @@ from tokenrl.optim import build_optimizer
 from tokenrl.train import batches
 from tokenrl.train import steps as steps_lib
 from tokenrl.train import workdir as workdir_lib
+from tokenrl.train.decoding import build_decoder
 from tokenrl.train.mesh import make_mesh
 from tokenrl.train.phases import sft_optimizer
 from tokenrl.train.placement import Placement
@@ -65,7 +66,10 @@ def build_rl(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
   tok, model = run.tokenizer, run.model
   if cfg.model.init_workdir:
     run = dataclasses.replace(run, params=_init_from_workdir(cfg.model.init_workdir, model))
-  place = Placement(mesh, model)
+  # sampler.speculative: a lossless speculative decoder for rollouts and evaluations (None =
+  # plain `sample`); a bad draft, tokenizer or head fails here, before any step.
+  decoder = build_decoder(cfg, model, tok)
+  place = Placement(mesh, model, sampler=decoder)
   place.check_rows(cfg.train.sft_batch_size, "train.sft_batch_size")
   place.check_rows(cfg.data.batch_size * opts["num_generations"] // max(cfg.train.mini_batches, 1),
                    "data.batch_size x rl.num_generations / train.mini_batches")
@@ -134,9 +138,15 @@ def build_rl(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
       cache["ref"] = jax.tree.map(jnp.copy, state.params)
 
   def rl_step(state, g, s):
-    return _rl_step(cfg, opts, loss_options, method, state, cache["shardings"], place, rl_it, run,
-                    runner, cache["pg_steps"], cache["logprob_fns"], cache["ref"], rl_tx,
-                    jax.random.fold_in(base_key, g), T, s, aux["method_state"])
+    if decoder is not None:
+      decoder.take_metrics()  # drop the counts of evaluations run since the last step
+    state, metrics = _rl_step(cfg, opts, loss_options, method, state, cache["shardings"], place,
+                              rl_it, run, runner, cache["pg_steps"], cache["logprob_fns"],
+                              cache["ref"], rl_tx, jax.random.fold_in(base_key, g), T, s,
+                              aux["method_state"])
+    if decoder is not None:  # acceptance of this step's rollouts (evaluations excluded)
+      metrics.update(decoder.take_metrics())
+    return state, metrics
 
   def run_eval(state, g, when, examples=run.eval_examples, prompts=eval_prompts, num_samples=None):
     del when

@@ -94,8 +94,8 @@ def _problems(cfg: ml_collections.ConfigDict) -> list[str]:
   if spec.method != "none":
     need("sampler.speculative.draft", lambda v: v in SPECULATIVE_DRAFTS,
          f"one of {list(SPECULATIVE_DRAFTS)}", "ngram")
-    need("sampler.speculative.num_draft_tokens", int_ge(1), "an integer >= 1", "4",
-         "drafted tokens per verify pass")
+    need("sampler.speculative.num_draft_tokens", int_ge(0), "an integer >= 0", "4",
+         "drafted tokens per verify pass; 0 = plain decoding through the speculative engine")
     need("sampler.speculative.ngram", int_ge(2), "an integer >= 2", "3")
     need("sampler.speculative.draft_layers", int_ge(1), "an integer >= 1", "2")
     need("sampler.speculative.num_drafts", int_ge(1), "an integer >= 1", "4")
