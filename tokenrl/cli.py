@@ -4,6 +4,7 @@
   tokenrl train --config configs/quickstart.py --config.rl.objective=dapo --workdir runs/x
   tokenrl eval --workdir runs/quickstart
   tokenrl sample --model DIR_OR_WORKDIR --prompt "12+7=" [--num_samples 4 --temperature 0.7]
+  tokenrl sample --model W --prompt "sort 3142=" --speculative=exact --draft=layers --draft_layers=1
   tokenrl export --workdir runs/quickstart --out hf_model/
   tokenrl plan --config configs/qwen3_8b_v5e64.py [--devices v5e-64 | --devices 64]
   tokenrl analyze {shapley|af1|control} --model DIR | --workdir W ...   (tokenrl.commands)
@@ -33,6 +34,16 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy (sample)")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "top-k (sample)")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "top-p (sample)")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "completions per prompt (sample)")
+_SPECULATIVE = flags.DEFINE_enum(
+    "speculative", "none", ["none", "exact", "specdec_pp", "spectr", "del", "skipdecode"],
+    "sample: decoder (lossless: exact, specdec_pp, spectr, del; lossy: skipdecode)")
+_DRAFT = flags.DEFINE_enum("draft", "ngram", ["ngram", "layers", "model"],
+                           "sample --speculative: draft source")
+_DRAFT_MODEL = flags.DEFINE_string("draft_model", "", "sample --draft=model: HF folder or workdir")
+_DRAFT_LAYERS = flags.DEFINE_integer("draft_layers", 2, "sample --draft=layers: exit layer")
+_NUM_DRAFT = flags.DEFINE_integer("num_draft_tokens", 4, "sample --speculative: K per verify pass")
+_NUM_DRAFTS = flags.DEFINE_integer("num_drafts", 4, "sample --speculative=spectr: i.i.d. drafts")
+_HEAD = flags.DEFINE_string("head", "", "sample --speculative=specdec_pp: acceptance-head workdir")
 _OUT = flags.DEFINE_string("out", None, "output folder (export)")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed (sample)")
 _DEVICES = flags.DEFINE_string("devices", None,
@@ -157,13 +168,40 @@ def _cmd_sample() -> None:
                          f"{longest + max_new} > the model's context of {config.max_seq_len} "
                          f"tokens: lower --max_new_tokens to {config.max_seq_len - longest} or "
                          "shorten the prompt")
-  out = sample(params, ids, config=config, rng=jax.random.key(_SEED.value),
-               max_new_tokens=max_new, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
-               top_p=_TOP_P.value, num_samples=_NUM_SAMPLES.value,
-               stop_tokens=tuple(tok.eos_token_ids))
+  kw = dict(config=config, rng=jax.random.key(_SEED.value), max_new_tokens=max_new,
+            temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
+            num_samples=_NUM_SAMPLES.value, stop_tokens=tuple(tok.eos_token_ids))
+  out = _speculative_sample(params, ids, config, tok, kw) if _SPECULATIVE.value != "none" else (
+      sample(params, ids, **kw))
   texts = decode_completions(tok, np.asarray(out.tokens), np.asarray(out.mask))
   for i, text in enumerate(texts):
     print(f"[{i // _NUM_SAMPLES.value}.{i % _NUM_SAMPLES.value}] {_PROMPT.value[i // _NUM_SAMPLES.value]}{text}")
+
+
+def _speculative_sample(params, ids, config, tok, kw):
+  """`tokenrl sample --speculative=...`: the decoder, then its acceptance on stderr."""
+  if _SPECULATIVE.value == "skipdecode":  # lossy: evaluation only, never in training
+    from tokenrl.rollout.skipdecode import skip_sample
+    out, info = skip_sample(params, ids, **kw)
+    print(f"[skipdecode] layers run per position: {list(map(int, info.layers_run))}",
+          file=sys.stderr)
+    return out
+  from tokenrl.config import base_config
+  from tokenrl.train.decoding import build_decoder
+  cfg = base_config()
+  spec = cfg.sampler.speculative
+  spec.method, spec.draft, spec.draft_model = _SPECULATIVE.value, _DRAFT.value, _DRAFT_MODEL.value
+  spec.draft_layers, spec.num_draft_tokens = _DRAFT_LAYERS.value, _NUM_DRAFT.value
+  spec.num_drafts, spec.head = _NUM_DRAFTS.value, _HEAD.value
+  try:
+    decoder = build_decoder(cfg, config, tok)
+  except ValueError as e:
+    raise app.UsageError(str(e).replace("sampler.speculative.", "--")) from None
+  out = decoder(params, ids, **kw)
+  stats = decoder.take_metrics()
+  print(f"[{_SPECULATIVE.value}] " + ", ".join(f"{k}={v:.3f}" for k, v in stats.items()),
+        file=sys.stderr)
+  return out
 
 
 def _cmd_export() -> None:

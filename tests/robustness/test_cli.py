@@ -144,3 +144,21 @@ def test_export_keeps_the_hf_tokenizer_files(tmp_path):
   for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
     assert open(os.path.join(src, name)).read() == open(os.path.join(dst, name)).read()
   np.testing.assert_array_equal(load_tokenizer(dst).encode("1+1="), tok.encode("1+1="))
+
+
+def test_sample_speculative_prints_the_same_greedy_text_and_its_acceptance(hf_folder, capsys):
+  # Greedy speculative decoding is greedy decoding token for token, whatever the draft.
+  _cli("sample", f"--model={hf_folder}", "--prompt=12+7=", "--max_new_tokens=6")
+  plain = capsys.readouterr().out
+  _cli("sample", f"--model={hf_folder}", "--prompt=12+7=", "--max_new_tokens=6",
+       "--speculative=exact", "--draft=layers", "--draft_layers=1", "--num_draft_tokens=3")
+  got = capsys.readouterr()
+  assert got.out == plain
+  assert "[exact] spec_acceptance=" in got.err
+
+
+def test_sample_speculative_bad_draft_names_the_flag(hf_folder):
+  with pytest.raises(app.UsageError, match=r"--draft='layers': LayerDraft num_layers must be an "
+                                           r"int in \[1, \d+\]"):
+    _cli("sample", f"--model={hf_folder}", "--prompt=1+1=", "--speculative=exact",
+         "--draft=layers", "--draft_layers=99")

@@ -49,10 +49,9 @@ def test_zero_draft_tokens_is_the_plain_run_bit_for_bit(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("draft", ["ngram", "layers"])
-def test_speculative_rollouts_log_their_acceptance(tmp_path, draft):
-  train(_cfg("exact", draft=draft, num_draft_tokens=3, draft_layers=1), str(tmp_path / draft))
-  rows = _rl_rows(tmp_path / draft)
+def test_speculative_rollouts_log_their_acceptance(tmp_path):
+  train(_cfg("exact", draft="layers", num_draft_tokens=3, draft_layers=1), str(tmp_path / "r"))
+  rows = _rl_rows(tmp_path / "r")
   assert len(rows) == 2
   for r in rows:
     assert 0.0 <= r["spec_acceptance"] <= 1.0
@@ -96,3 +95,32 @@ def test_a_draft_with_another_tokenizer_is_named(tmp_path):
   _check_tokenizers(char, char, "same")
   with pytest.raises(ValueError, match=r"draft_model='d'.*encodes '0123456789 \+-\*/=\(\)' as"):
     _check_tokenizers(char, Shifted(), "d")
+
+
+@pytest.mark.parametrize("method", ["spectr", "del", "specdec_pp"])
+def test_each_lossless_decoder_is_greedy_decoding_through_the_run_decoder(method, tmp_path):
+  # The decoder the RL loop builds, called as `Placement.sample` calls it: greedy output equals
+  # plain greedy `sample` for every lossless method (SpecDec++ with a random saved head).
+  import jax
+  from tokenrl import models
+  from tokenrl.models.accept_head import init_accept_head
+  from tokenrl.rollout import sample
+  from tokenrl.train.decoding import build_decoder
+  from tokenrl.train.specdec_pp import save_accept_head
+  config = models.tiny(vocab_size=32, dim=32, num_layers=2, max_seq_len=64)
+  params = models.init_params(config, jax.random.key(1))
+  head_dir = str(tmp_path / "head")
+  save_accept_head(head_dir, init_accept_head(jax.random.key(2), 32),
+                   {"num_blocks": 3, "shared_blocks": True, "dim": 32})
+  cfg = _cfg(method, draft="layers", draft_layers=1, num_draft_tokens=3, num_drafts=2,
+             head=head_dir)
+  decoder = build_decoder(cfg, config)
+  prompts = [[3, 4, 5], [7, 8, 9, 10, 11]]
+  kw = dict(config=config, rng=jax.random.key(0), max_new_tokens=8, temperature=0.0,
+            stop_tokens=())
+  want = sample(params, prompts, **kw)
+  got = decoder(params, prompts, prompt_sharding=None, **kw)
+  np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens))
+  metrics = decoder.take_metrics()
+  assert 1.0 <= metrics["spec_tokens_per_pass"] <= 4.0
+  assert decoder.take_metrics() == {}  # taken: counts restart

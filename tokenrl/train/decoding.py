@@ -12,6 +12,7 @@
               lossless: staleness lowers the acceptance, never changes the law).
   specdec_pp  exact, with the draft length chosen by a trained SpecDec++ acceptance head
               (`head`: a workdir of configs/specdec_pp.py) on a layers/model draft.
+  spectr      SpecTr: `num_drafts` i.i.d. drafts (layers/model) verified together by K-SEQ.
   del         DEL dynamic-exit self-speculation.
 All of them sample the policy's own law (tests/rollout/test_speculative.py), so the policy
 gradient is unchanged; only the rollout time differs. Lossy decoders (skipdecode, r2r) are
@@ -77,6 +78,13 @@ class SpeculativeDecoder:
       self._add(int(np.asarray(info.drafted).sum()), int(np.asarray(info.accepted).sum()),
                 int(np.asarray(info.num_rounds)) * int(np.asarray(out.mask).shape[0]),
                 int(np.asarray(out.mask).sum()))
+      return out
+    if method == "spectr":
+      from tokenrl.rollout.spectr_sample import spectr_sample  # pylint: disable=g-import-not-at-top
+      out, stats = spectr_sample(params, prompts, draft=self.draft,
+                                 num_drafts=int(self.spec.num_drafts),
+                                 num_draft_tokens=int(self.spec.num_draft_tokens), **kw)
+      self._add(stats.drafted, stats.accepted, stats.row_rounds, stats.emitted)
       return out
     from tokenrl.rollout.speculative import speculative_sample  # pylint: disable=g-import-not-at-top
     extra = {}
@@ -173,7 +181,7 @@ def build_decoder(cfg: ml_collections.ConfigDict, model: ModelConfig,
                      f"per-row KV cache index), got {model.attention!r}")
   from tokenrl.rollout import drafts  # pylint: disable=g-import-not-at-top
   draft, head = None, None
-  if spec.method in ("exact", "specdec_pp"):
+  if spec.method in ("exact", "specdec_pp", "spectr"):
     if spec.draft == "ngram":
       draft = drafts.NGramDraft(int(spec.ngram))
     elif spec.draft == "layers":
@@ -196,7 +204,8 @@ def build_decoder(cfg: ml_collections.ConfigDict, model: ModelConfig,
         raise ValueError(f"{_key('head')}={spec.head!r} was trained on hidden states of width "
                          f"{width}, the draft {spec.draft!r} has width {dim}: train the head on "
                          "this draft")
-  elif spec.method == "spectr":
-    raise ValueError(f"{_key('method')}='spectr' is for `tokenrl sample` / benchmarks in this "
-                     "version (its engine keeps num_drafts cache replicas per row); use 'exact'")
+    if spec.method == "spectr" and not draft.exposes_hidden:  # n-gram drafts are deterministic
+      raise ValueError(f"{_key('method')}='spectr' verifies several i.i.d. drafts: "
+                       f"{_key('draft')}='ngram' proposes one deterministic draft; use 'layers' "
+                       "or 'model'")
   return SpeculativeDecoder(spec, model, draft, head)
