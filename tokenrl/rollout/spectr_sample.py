@@ -55,7 +55,7 @@ from tokenrl.rollout.drafts import Draft, DraftInput, NGramDraft
 from tokenrl.rollout.multidraft import (kseq_acceptance, optimal_multidraft_acceptance,
                                         spectr_verify, spectr_verify_greedy)
 from tokenrl.rollout.sampler import prepare_prompts
-from tokenrl.rollout.sampling import log_probs_and_entropy, process_logits, choose_tokens
+from tokenrl.rollout.sampling import choose_tokens, log_probs_and_entropy, process_logits
 from tokenrl.types import Rollout
 
 
@@ -385,15 +385,17 @@ def _generate(params, draft_weights, prompt_tokens, prompt_mask, rng, temperatur
       chosen = jnp.zeros((n,), jnp.int32)
     else:
       key = jax.vmap(lambda kk: jax.random.fold_in(kk, 2))(col_key(length))
-      n_s, a_s, y_s = spectr_verify(probs, qs, xs, key)
-      n_g, a_g, y_g = spectr_verify_greedy(scaled, xs)
-      n_acc, chosen, y = (jnp.where(greedy, g, s) for g, s in ((n_g, n_s), (a_g, a_s), (y_g, y_s)))
+      # cond, not where: only one rule runs (K-SEQ's bisections are wasted work at greedy).
+      n_acc, chosen, y = jax.lax.cond(greedy, lambda: spectr_verify_greedy(scaled, xs),
+                                      lambda: spectr_verify(probs, qs, xs, key))
       dlen = jnp.where(live, depth, 0)
     # Depth-1 diagnostics: every replica shares the context there, so p, q of replica 0 serve.
+    # Skipped at greedy, where the host reports nan anyway.
     p1, q1 = probs[:, 0, 0], qs[:, 0, 0]  # [N,V]
     at_depth1 = live & (dlen >= 1)
-    diag1 = jnp.stack([optimal_multidraft_acceptance(p1, q1, k), kseq_acceptance(p1, q1, k),
-                       jnp.sum(jnp.minimum(p1, q1), axis=-1)])
+    diag1 = jax.lax.cond(greedy, lambda: jnp.zeros((3, n), jnp.float32), lambda: jnp.stack([
+        optimal_multidraft_acceptance(p1, q1, k), kseq_acceptance(p1, q1, k),
+        jnp.sum(jnp.minimum(p1, q1), axis=-1)]).astype(jnp.float32))
     # Emit the chosen draft's x̃_1..x̃_n, then y: cut after the first stop token and at T.
     take = lambda a: jnp.take_along_axis(a, chosen.reshape((n, 1) + (1,) * (a.ndim - 2)),
                                          axis=1)[:, 0]
