@@ -15,7 +15,9 @@
 #   tokenselect  benchmarks/tokenselect.py (TokenSelect vs full decode attention and decode
 #            tokens/s at 128k/64k/32k context, vs the memory floor; $OUT/tokenselect.json).
 #   model    benchmarks/model_gpu.py (matmul/copy ceilings, train-step MFU, decode vs the memory
-#            floor, sampler tokens/s), given whatever time is left.
+#            floor, sampler tokens/s, speculative decoding vs sample: K=0 overhead, a 2-layer
+#            self-draft and n-gram drafts of the bf16 0.5B-shaped target at N=1 and 8, greedy,
+#            same tokens asserted), given whatever time is left.
 # Output goes to stdout and, when $OUT is set, to $OUT/accelerator.log; the numbers of the model
 # step plus every step's exit code and seconds go to $OUT/accelerator.json (else /tmp/...).
 # Exit status: 0 only if every step passed.

@@ -83,6 +83,7 @@ class Sizes:
   decode_steps: int
   sample_new: int  # T of the end-to-end sampler runs
   sample_cfgs: tuple[tuple[int, int], ...]  # (N, P), most wanted first
+  spec_cfgs: tuple[tuple[int, int], ...]  # (N, P) of the speculative-decoding comparison
   reps: int
   inner: int  # back-to-back calls per timed repetition of the small ceilings kernels
   est: dict  # seconds a section is expected to take, to skip it when the budget is short
@@ -95,15 +96,16 @@ GPU = Sizes(
     decode_batches=(1, 64, 256), decode_ctx=(1024, 4096),
     decode_steps=32, sample_new=128,
     sample_cfgs=((1, 1024), (64, 1024), (1, 4096), (256, 1024), (64, 4096), (256, 4096)),
-    reps=3, inner=10, est={"ceilings": 20, "train": 45, "decode": 12, "sample": 25})
+    spec_cfgs=((1, 1024), (8, 1024)),
+    reps=3, inner=10, est={"ceilings": 20, "train": 45, "decode": 12, "sample": 25, "spec": 60})
 
 SMOKE = Sizes(
     model=models.tiny("qwen2", vocab_size=512, dim=64, num_layers=2, num_heads=4, num_kv_heads=2,
                       mlp_dim=128, max_seq_len=512),
     matmul=256, copy_elems=1 << 20, train_batch=2, train_len=64, pg_prompt=16,
     train_cfgs=(("sft", True, 0), ("pg", False, 1)), decode_batches=(1, 4), decode_ctx=(32,),
-    decode_steps=4, sample_new=8, sample_cfgs=((4, 32),), reps=2, inner=2,
-    est={"ceilings": 1, "train": 1, "decode": 1, "sample": 1})
+    decode_steps=4, sample_new=8, sample_cfgs=((4, 32),), spec_cfgs=((1, 32),), reps=2, inner=2,
+    est={"ceilings": 1, "train": 1, "decode": 1, "sample": 1, "spec": 1})
 
 
 class Recorder:
@@ -113,7 +115,8 @@ class Recorder:
     self.path = path
     self.deadline = time.time() + budget_s
     self.data: dict[str, Any] = {"meta": {}, "ceilings": {}, "train": {}, "decode": {},
-                                 "sample": {}, "errors": {}, "skipped": {}}
+                                 "sample": {}, "speculative": {}, "errors": {},
+                                 "skipped": {}}
     self.summary: list[str] = []
 
   def left(self) -> float:
@@ -523,6 +526,56 @@ def sample_e2e(sz: Sizes, rec: Recorder, params: Any, n: int, p: int) -> None:
                      f"{n * t_new / wall:.0f} tok/s |")
 
 
+def speculative_e2e(sz: Sizes, rec: Recorder, params: Any, n: int, p: int) -> None:
+  """Greedy decode of T tokens: `sample` vs speculative_sample (K=0, 2-layer self-draft K=4,
+  n-gram K=4). Greedy, so every method emits the same tokens (asserted): the ratio of wall
+  times is the speedup at the same output. Random weights: the acceptance is what a random
+  model's early exit agrees with, not a trained model's; K=0 measures the engine's overhead."""
+  from tokenrl.rollout.drafts import LayerDraft, NGramDraft
+  from tokenrl.rollout.speculative import speculative_sample
+  cfg, t_new = sz.model, sz.sample_new
+  rng = np.random.default_rng(3)
+  prompts = rng.integers(1, cfg.vocab_size, size=(n, p)).astype(np.int32)
+  kw = dict(config=cfg, rng=jax.random.key(4), max_new_tokens=t_new, temperature=0.0,
+            stop_tokens=())
+  cases = [("sample", None, 0), ("K=0", NGramDraft(3), 0), ("layers2 K=4", LayerDraft(2), 4),
+           ("ngram K=4", NGramDraft(3), 4)]
+  base_tokens, base_wall = None, None
+  for label, draft, k in cases:
+    if draft is None:
+      call = lambda: (sample(params, prompts, **kw), None)
+    else:
+      call = functools.partial(lambda d, k: speculative_sample(params, prompts, draft=d,
+                                                               num_draft_tokens=k, **kw), draft, k)
+    t = time.perf_counter()
+    out, stats = call()
+    jax.block_until_ready(out)
+    first_s = time.perf_counter() - t
+    times = []
+    for _ in range(max(1, _reps(sz, first_s) - 1)):
+      t = time.perf_counter()
+      out, stats = call()
+      jax.block_until_ready(out)
+      times.append(time.perf_counter() - t)
+    wall = statistics.median(times)
+    tokens = np.asarray(out.tokens)
+    if base_tokens is None:
+      base_tokens, base_wall = tokens, wall
+    same = bool(np.array_equal(tokens, base_tokens))
+    acc = None if stats is None else stats.acceptance_rate
+    tpr = None if stats is None else stats.tokens_per_round
+    rec.data["speculative"][f"N={n} P={p} {label}"] = {
+        "wall_s": wall, "speedup": base_wall / wall, "same_tokens": same, "acceptance": acc,
+        "tokens_per_round": tpr, "compile_s_est": first_s - wall}
+    _print(f"| {n} | {p} | {label} | {wall * 1e3:.1f} | {base_wall / wall:.2f}x | "
+           f"{'-' if acc is None else f'{acc:.2f}'} | {'-' if tpr is None else f'{tpr:.2f}'} | "
+           f"{same} |")
+    rec.summary.append(f"| speculative N={n} P={p} {label} | {base_wall / wall:.2f}x sample, "
+                       f"acceptance {acc} |")
+    if not same:
+      raise AssertionError(f"greedy {label} differs from greedy sample (N={n}, P={p})")
+
+
 # ------------------------------------------------------------------------------------------------
 
 
@@ -532,8 +585,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--budget-s", type=float, default=300.0,
                       help="skip sections that would start after this many seconds")
   parser.add_argument("--json", default=None, help="write every number to this JSON file")
-  parser.add_argument("--sections", default="ceilings,train,decode,sample",
-                      help="comma-separated subset of ceilings,train,decode,sample")
+  parser.add_argument("--sections", default="ceilings,train,decode,sample,speculative",
+                      help="comma-separated subset of ceilings,train,decode,sample,speculative")
   args = parser.parse_args(argv)
   sz = SMOKE if args.cpu_smoke else GPU
   wanted = set(args.sections.split(","))
@@ -601,6 +654,14 @@ def main(argv: list[str] | None = None) -> int:
       fits = _sample_bytes(sz.model, n, p, sz.sample_new, p_bytes) <= 0.9 * _device_bytes_limit()
       plan.append((f"sample N={n} P={p}", est["sample"] if fits else 0,
                    functools.partial(lambda n, p: sample_e2e(sz, rec, params(), n, p), n, p)))
+  if "speculative" in wanted:
+    plan.append((None, 0, note(
+        f"\nSpeculative decoding, greedy, {sz.sample_new} new tokens (random weights; same tokens "
+        "asserted):\n| N | P | method | wall ms | vs sample | acceptance | tokens/pass | same |\n"
+        "|---|---|---|---|---|---|---|---|")))
+    for n, p in sz.spec_cfgs:
+      plan.append((f"speculative N={n} P={p}", est["spec"],
+                   functools.partial(lambda n, p: speculative_e2e(sz, rec, params(), n, p), n, p)))
   for name, seconds, fn in plan:
     if name is None:
       fn()
