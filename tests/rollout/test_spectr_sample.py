@@ -19,6 +19,7 @@ from tokenrl import models
 from tokenrl.rollout import sample
 from tokenrl.rollout.drafts import LayerDraft, NGramDraft
 from tokenrl.rollout.speculative import speculative_sample
+from tokenrl.rollout import spectr_sample as spectr_lib
 from tokenrl.rollout.spectr_sample import _take_rows, spectr_sample
 
 LAW_PROMPT, LAW_ROWS, LAW_DRAFTS, LAW_DEPTH = [5, 6, 7], 50_000, 3, 2
@@ -101,6 +102,21 @@ def test_greedy_equals_plain_greedy_sample():
   assert truncated.any() and not truncated.all()  # a stop-token ending and a T ending
   _check_logprobs(out, PROMPTS, 0.0)
   assert st.accepted > 0 and np.isnan(st.optimal_acceptance)
+
+
+def test_stacked_cache_layout_greedy_and_logprobs(monkeypatch):
+  """The accelerator layout (stacked [L,N,C,K,H] caches under the layer scan, gathered on axis 1)
+  on CPU: greedy is still plain greedy, log-probs the teacher-forced target's. k = 2, L = 2 are
+  static arguments no other call uses, so this traces anew with the patched layout."""
+  monkeypatch.setattr(spectr_lib, "_per_layer_cache", lambda config: False)
+  kw = dict(config=CONFIG, rng=jax.random.key(2), max_new_tokens=10, temperature=0.0,
+            stop_tokens=(1,))
+  out, _ = spectr_sample(PARAMS, PROMPTS, draft=LayerDraft(1), num_drafts=2, num_draft_tokens=2,
+                         **kw)
+  plain = sample(PARAMS, PROMPTS, **kw)
+  for field in ("tokens", "mask", "truncated"):
+    np.testing.assert_array_equal(np.asarray(getattr(out, field)), np.asarray(getattr(plain, field)))
+  _check_logprobs(out, PROMPTS, 0.0)
 
 
 def test_sampled_logprobs_and_entropy_are_the_target_teacher_forced():
