@@ -1,4 +1,4 @@
-"""SpecTr multi-draft decode loop: lossless, greedy-exact, k = 1 is single-draft speculative sampling.
+"""SpecTr multi-draft decode loop: lossless, greedy-exact; k = 1 is speculative_sample.
 
 Lossless = the emitted tokens follow the processed target law whatever the drafts: chi-square of
 joint laws of completion tokens against laws computed exactly by enumerating the target's
@@ -97,7 +97,8 @@ def test_greedy_equals_plain_greedy_sample():
   plain = sample(PARAMS, PROMPTS, config=CONFIG, rng=jax.random.key(2), max_new_tokens=10,
                  temperature=0.0, stop_tokens=(1,))
   for field in ("tokens", "mask", "truncated"):
-    np.testing.assert_array_equal(np.asarray(getattr(out, field)), np.asarray(getattr(plain, field)))
+    np.testing.assert_array_equal(np.asarray(getattr(out, field)),
+                                  np.asarray(getattr(plain, field)))
   truncated = np.asarray(out.truncated)
   assert truncated.any() and not truncated.all()  # a stop-token ending and a T ending
   _check_logprobs(out, PROMPTS, 0.0)
@@ -115,7 +116,8 @@ def test_stacked_cache_layout_greedy_and_logprobs(monkeypatch):
                          **kw)
   plain = sample(PARAMS, PROMPTS, **kw)
   for field in ("tokens", "mask", "truncated"):
-    np.testing.assert_array_equal(np.asarray(getattr(out, field)), np.asarray(getattr(plain, field)))
+    np.testing.assert_array_equal(np.asarray(getattr(out, field)),
+                                  np.asarray(getattr(plain, field)))
   _check_logprobs(out, PROMPTS, 0.0)
 
 

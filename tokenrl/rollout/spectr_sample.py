@@ -27,16 +27,18 @@ candidate is that rule, ρ* = 1), so k = 1 reproduces `speculative_sample` token
 
 RNG, per row r and completion column t, col(t) = fold_in(fold_in(rng, r), t) as in
 `speculative_sample`: replica i drafts column t with fold_in(col(t), 1) (i = 0, the single-draft
-key) or fold_in(col(t), 2 + i) (i >= 1); the verification of a round starting at column t uses
-fold_in(col(t), 2) (k >= 2: split by spectr_verify per depth; k = 1: the uniform of column t, and
-y is drawn with col(t + n), as in speculative_sample). A draft key may be reused when its column
-is drafted again in a later round, but only draws the round never consulted are redrawn (the
-verifier stops at the first residual), so every emitted decision uses fresh randomness.
+key) or fold_in(col(t), 2 + i) (i >= 1). k >= 2: a round starting at column t verifies with
+fold_in(col(t), 2) (split per depth by spectr_verify; a row starts one round per column at most).
+k = 1: speculative_sample's keys (uniform of column t: fold_in(col(t), 2); y: col(t + n)). A
+draft key is reused when its column is drafted again in a later round, but only for draws the
+earlier round never consulted (the verifier stops at the first residual, and depths past it are
+never read), so every emitted decision uses fresh randomness.
 
 Drafting always runs L tokens per replica (k >= 2): `spectr_verify` has no per-row draft
 length, and emitting past a stop token or past max_new_tokens is cut afterwards, which keeps the
 law (a cut prefix of an exact sample is an exact sample of the prefix). A DraftStep.ok = False
-is ignored for the same reason: the tokens are still drawn from the q that verification uses.
+is ignored: the replica's tokens are still drawn from the q that verification reads, which is
+all that losslessness needs.
 """
 
 from __future__ import annotations
@@ -167,7 +169,8 @@ def spectr_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Ar
     longest = int(mask.sum(axis=1).max())
     raise ValueError(f"prompt of {longest} tokens (bucket {tokens.shape[1]}) + max_new_tokens "
                      f"{max_new_tokens} = {longest + max_new_tokens} exceeds the model's "
-                     f"max_seq_len {config.max_seq_len}: shorten the prompt or lower max_new_tokens")
+                     f"max_seq_len {config.max_seq_len}: shorten the prompt or lower "
+                     "max_new_tokens")
   if num_samples > 1:
     tokens = np.repeat(tokens, num_samples, axis=0)
     mask = np.repeat(mask, num_samples, axis=0)
@@ -224,7 +227,7 @@ def _take_rows(tree: Any, src: jax.Array, rows: int) -> Any:
 
 
 def _num_accepted(accept: jax.Array, draft_len: jax.Array) -> jax.Array:
-  """n int32 [N] = Σ_i Π_{j<=i} accept_j over accept bool [N,L], positions >= draft_len rejected."""
+  """n int32 [N] = Σ_i Π_{j<=i} accept_j over accept bool [N,L]; positions >= draft_len reject."""
   in_draft = jnp.arange(accept.shape[1])[None, :] < draft_len[:, None]
   return jnp.sum(jnp.cumprod((accept & in_draft).astype(jnp.int32), axis=1), axis=1)
 
@@ -298,8 +301,8 @@ def _generate(params, draft_weights, prompt_tokens, prompt_mask, rng, temperatur
 
     def propose(dstate, r_history, tokens, index, s):
       """One draft step for depth s (1-based): feed `tokens` at `index`, draw x̃_s per replica."""
-      inp = DraftInput(tokens=tokens, index=index, history=r_history,
-                       history_mask=real & (jnp.arange(c)[None, :] < (index + tokens.shape[1])[:, None]))
+      seen = jnp.arange(c)[None, :] < (index + tokens.shape[1])[:, None]
+      inp = DraftInput(tokens=tokens, index=index, history=r_history, history_mask=real & seen)
       out, dstate = draft.step(dparams, dstate, inp, config=config)
       d_scaled, d_filtered = process(out.logits)  # [R,V]
       column = r_length - 1 + s
