@@ -298,6 +298,9 @@ def speculative_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: j
   return rollout, stats
 
 
+_NOISE_TABLE_MAX = 1 << 20  # N·(T+K)·V f32 elements per Gumbel table (4 MiB) drawn up front
+
+
 def _per_layer_cache(config: ModelConfig) -> bool:
   """The layout `sample` picks (see there): per-layer cache and split weights on CPU, the
   stacked cache under the layer scan elsewhere (read at trace time)."""
@@ -324,7 +327,31 @@ def _generate(params, draft_weights, head_params, prompt_tokens, prompt_mask, rn
                                       segment_ids=prompt_mask, cache=cache, return_hidden=True)
   first_logits = transformer.unembed(target_params, hidden[:, -1], config=config)
   row_keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(n))
-  col_key = lambda t: jax.vmap(jax.random.fold_in)(row_keys, t)  # t int32 [N] -> [N] keys
+  # Every key a round reads, hashed ONCE here for all W = T + K columns. On CPU each threefry
+  # call (fold_in, uniform) lowers to a rolled 5-trip while_loop, so hashing in the loop cost
+  # ~3 inner loops per draft step and ~4 per verify; a gather from these [N,W] tables is one
+  # fusion. Same hashes of the same inputs: the same bits (columns are clipped to W-1; only
+  # rows or candidates whose result is masked out ever read a clipped column).
+  w = steps + k
+  col_keys = jax.vmap(lambda rk: jax.vmap(lambda t: jax.random.fold_in(rk, t))(
+      jnp.arange(w)))(row_keys)  # [N,W] col(t)
+  draft_keys = jax.vmap(jax.vmap(lambda ck: jax.random.fold_in(ck, 1)))(col_keys)  # [N,W]
+  u_table = jax.vmap(jax.vmap(lambda ck: jax.random.uniform(jax.random.fold_in(ck, 2), ())))(
+      col_keys)  # f32 [N,W] acceptance uniform of column t
+  take_col = lambda table, t: table[jnp.arange(n)[:, None] if t.ndim == 2 else jnp.arange(n),
+                                    jnp.clip(t, 0, w - 1)]
+  col_key = lambda t: take_col(col_keys, t)  # t int32 [N] -> [N] keys
+  # categorical(key, l) = argmax(gumbel(key, [V]) + l): with a small vocabulary the Gumbel noise
+  # of every column is drawn here too ([N,W,V] f32, two tables), so a round draws none (each draw
+  # was one more rolled threefry loop over [N,V]). Large N·W·V keep drawing in the loop.
+  noise = n * w * v <= _NOISE_TABLE_MAX
+  if noise:
+    gumbel = jax.vmap(jax.vmap(lambda ck: jax.random.gumbel(ck, (v,), jnp.float32)))
+    y_noise, d_noise = gumbel(col_keys), gumbel(draft_keys)  # [N,W,V]
+  def categorical(keys, noise_table, t, logits):
+    if noise:
+      return jnp.argmax(take_col(noise_table, t) + logits, axis=-1)
+    return jax.vmap(jax.random.categorical)(keys, logits)
   greedy = temperature <= 0
   stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
   rows = jnp.arange(n)
@@ -370,8 +397,8 @@ def _generate(params, draft_weights, head_params, prompt_tokens, prompt_mask, rn
         p_acc = jnp.where(cont, p_acc * h, p_acc)
       d_scaled, d_filtered = process(out.logits)
       column = length - 1 + s  # completion column candidate s would fill
-      keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(col_key(column))
-      sampled = jax.vmap(jax.random.categorical)(keys, d_filtered)
+      keys = take_col(draft_keys, column)  # fold_in(col(column), 1)
+      sampled = categorical(keys, d_noise if noise else None, column, d_filtered)
       x = jnp.where(greedy, jnp.argmax(d_scaled, axis=-1), sampled).astype(jnp.int32)
       q = jax.nn.softmax(d_filtered, axis=-1)
       active = cont & out.ok & (s <= room)
@@ -429,10 +456,7 @@ def _generate(params, draft_weights, head_params, prompt_tokens, prompt_mask, rn
     # Accept: exact rule (sampling) or argmax match (greedy), uniform of column length-1+i.
     if k:
       # u for candidate i (1-based) at column length + i - 1: fold_in(col(t), 2).
-      cols = length[:, None] + jnp.arange(k)[None, :]  # [N,K]
-      u = jax.vmap(lambda rk, ts: jax.vmap(
-          lambda t: jax.random.uniform(jax.random.fold_in(jax.random.fold_in(rk, t), 2), ()))(ts))(
-              row_keys, cols)  # [N,K]
+      u = take_col(u_table, length[:, None] + jnp.arange(k)[None, :])  # [N,K]
       p_x = jnp.take_along_axis(probs[:, :-1], xs[..., None], axis=-1)[..., 0]
       q_x = jnp.take_along_axis(qs, xs[..., None], axis=-1)[..., 0]
       target_tok = jnp.argmax(scaled[:, :-1], axis=-1)
@@ -444,9 +468,15 @@ def _generate(params, draft_weights, head_params, prompt_tokens, prompt_mask, rn
     # exactly as `sample` does; a rejection draws from the residual (the same law when q = 0).
     y_key = col_key(length + n_acc)
     at_n = lambda a: jnp.take_along_axis(a, n_acc[:, None, None], axis=1)[:, 0]
-    bonus = jax.vmap(jax.random.categorical)(y_key, at_n(filtered))
-    fixed = jax.vmap(jax.random.categorical)(y_key, _log(_residual(probs, qs, n_acc, dlen)))
-    y = jnp.where(greedy, jnp.argmax(at_n(scaled), axis=-1), jnp.where(n_acc == dlen, bonus, fixed))
+    # categorical(key, l) = argmax(gumbel(key) + l): picking the logits before ONE draw gives the
+    # bits of picking between two draws with the same key, at half the threefry loops and [N,V]
+    # passes. With K = 0 every draw is the bonus (n == K_row == 0): no residual at all.
+    y_logits = at_n(filtered)
+    if k:
+      y_logits = jnp.where((n_acc == dlen)[:, None], y_logits,
+                           _log(_residual(probs, qs, n_acc, dlen)))
+    sampled = categorical(y_key, y_noise if noise else None, length + n_acc, y_logits)
+    y = jnp.where(greedy, jnp.argmax(at_n(scaled), axis=-1), sampled)
     # Emit x̃_1..x̃_n, y: cut after the first stop token and at T, nothing for finished rows.
     jj = jnp.arange(k + 1)[None, :]
     emit = jnp.concatenate([xs, jnp.zeros((n, 1), jnp.int32)], axis=1)
