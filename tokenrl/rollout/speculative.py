@@ -307,6 +307,19 @@ def _per_layer_cache(config: ModelConfig) -> bool:
   return jax.default_backend() == "cpu" and config.attention == "full"
 
 
+def _put_columns(buf: jax.Array, cols: jax.Array, val: jax.Array) -> jax.Array:
+  """buf [N,W] with buf[r, cols[r, j]] = val[r, j] (cols >= W dropped; distinct cols per row).
+
+  The scatter `buf.at[rows, cols].set(val, mode="drop")` as a chain of J selects: XLA:CPU runs
+  each scatter as its own serial loop thunk, and a round wrote five [N,T|C] buffers; the
+  selects fuse (tiny [N,W] buffers, J = K+1 <= a few). Same values: it only moves them.
+  """
+  ids = jnp.arange(buf.shape[1])[None, :]
+  for j in range(cols.shape[1]):
+    buf = jnp.where(ids == cols[:, j:j + 1], val[:, j:j + 1].astype(buf.dtype), buf)
+  return buf
+
+
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "num_draft", "top_k",
                                              "top_p", "stop_tokens", "draft", "head",
                                              "cache_dtype"))
@@ -355,6 +368,7 @@ def _generate(params, draft_weights, head_params, prompt_tokens, prompt_mask, rn
   greedy = temperature <= 0
   stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
   rows = jnp.arange(n)
+  slot_ids = jnp.arange(c)[None, :]
   process = lambda logits: process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
 
   # The first token: `sample`'s first step exactly (same logits, key col(0) and choose_tokens).
@@ -405,7 +419,8 @@ def _generate(params, draft_weights, head_params, prompt_tokens, prompt_mask, rn
       stop = jnp.isin(x, stops) | (s >= k)
       if head is not None:
         stop = stop | specdec_stop(p_acc, s, threshold=head[1], min_tokens=head[2], max_tokens=k)
-      history = history.at[rows, jnp.where(active, p + length - 1 + s, c)].set(x, mode="drop")
+      history = jnp.where(active[:, None] & (slot_ids == (p + length - 1 + s)[:, None]),
+                          x[:, None], history)
       return dstate, history, x, q, active, active & ~stop, p_acc
 
     # s = 1: the sequence's last two tokens (slots P+length-2, P+length-1), see drafts.py.
@@ -489,9 +504,8 @@ def _generate(params, draft_weights, head_params, prompt_tokens, prompt_mask, rn
     logp, ent = log_probs_and_entropy(dist)
     logp = jnp.take_along_axis(logp, emit[..., None], axis=-1)[..., 0]  # [N,K+1]
     cols = jnp.where(write, length[:, None] + jj, steps)  # column T is dropped
-    put = lambda buf, val: buf.at[rows[:, None], cols].set(val.astype(buf.dtype), mode="drop")
-    slots = jnp.where(write, p + length[:, None] + jj, c)
-    history = state.history.at[rows[:, None], slots].set(emit, mode="drop")
+    put = lambda buf, val: _put_columns(buf, cols, val)
+    history = _put_columns(state.history, jnp.where(write, p + length[:, None] + jj, c), emit)
     counts = state.counts + jnp.stack([live.astype(jnp.int32), jnp.where(live, dlen, 0),
                                        jnp.where(live, n_acc, 0), count])
     return dataclasses.replace(
