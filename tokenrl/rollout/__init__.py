@@ -1,8 +1,22 @@
-"""Rollout sampling: jitted prefill + while_loop decode over an explicit KV cache."""
+"""Rollout sampling: jitted prefill + while_loop decode over an explicit KV cache.
 
+`sample` is the plain decoder. Lossless speculative decoders (same output law as `sample`):
+`speculative_sample` (exact accept/reject, SpecDec++ draft lengths) with the drafts of
+`tokenrl.rollout.drafts`, `spectr_sample` (SpecTr multi-draft), `del_sample` (DEL dynamic exit).
+Lossy, evaluation only: `skip_sample` (SkipDecode), `r2r_sample` (R2R small-large routing).
+"""
+
+from tokenrl.rollout.drafts import LayerDraft, ModelDraft, NGramDraft
+from tokenrl.rollout.dynamic_exit import del_sample
+from tokenrl.rollout.r2r import r2r_sample
 from tokenrl.rollout.sampler import (DecodeContext, LogitProcessor, SamplerState, bucket_length,
                                      prepare_prompts, sample)
 from tokenrl.rollout.sampling import choose_tokens, filter_top_k, filter_top_p
+from tokenrl.rollout.skipdecode import skip_sample
+from tokenrl.rollout.spectr_sample import spectr_sample
+from tokenrl.rollout.speculative import speculative_accept, speculative_sample
 
 __all__ = ["DecodeContext", "LogitProcessor", "SamplerState", "bucket_length", "prepare_prompts",
-           "sample", "choose_tokens", "filter_top_k", "filter_top_p"]
+           "sample", "choose_tokens", "filter_top_k", "filter_top_p", "speculative_sample",
+           "speculative_accept", "spectr_sample", "del_sample", "skip_sample", "r2r_sample",
+           "LayerDraft", "ModelDraft", "NGramDraft"]
