@@ -27,6 +27,26 @@ acceptance uniform, independent of the draft sample.
 
 The stored log-probs and entropies are the TARGET's processed distribution at the verify pass
 (spec §0.1.5), never the draft's: what `sample` would have stored for the same tokens.
+
+CPU cost (2-core Xeon, shared; runs/spec_models target L=8 D=128 V=58, draft L=2, T=26,
+temperature 1; `sample` time / this time, interleaved in one process, min of 5):
+
+                 batch 1 before -> after      batch 8 before -> after
+  K=0            0.99x -> 0.97x               1.06x -> 1.10x
+  NGram K=4      0.86x -> 0.95x               0.56x -> 0.61x
+  ModelDraft K=4 1.15x -> 1.21x               0.75x -> 0.85x
+  LayerDraft 2   0.81x -> 0.90x               0.73x -> 0.87x
+
+At these shapes a round costs its XLA:CPU op count, not its FLOPs. On CPU each threefry hash
+(fold_in, uniform, categorical's Gumbel noise) lowers to a rolled 5-trip while_loop, and a round
+ran ~3 per draft step and ~4 in the verify (`sample`: 2 per token); each scatter is its own serial
+loop thunk, and a round ran five. Now the keys, acceptance uniforms and (N·(T+K)·V <= 2^20) the
+Gumbel noise are drawn once before the rounds and gathered, y takes one draw from the selected
+logits, and the [N,T] / [N,C] writes are fused selects: the same bits (tests/rollout/
+test_speculative.py; tokens and log-probs compared before/after). Tried and dropped: the per-row
+KV write as selects instead of the vmapped dynamic_update_slice (scatter) in transformer.py:
+~5-8% at batch 8, but XLA then fuses the attention differently and the log-probs change in the
+last bits (K = 0 is no longer `sample` bit for bit).
 """
 
 from __future__ import annotations
