@@ -1,0 +1,99 @@
+"""The target and draft models of benchmarks/speculative.py, trained on CPU with `tokenrl train`.
+
+  python benchmarks/speculative_models.py --work runs/spec_models     # ~10 min on 2 cores
+
+Both are Qwen2-style decoders with the char tokenizer (same vocabulary, same EOS), trained by
+the SFT warm-up only (`train.max_steps=0`) on the embedded `sort` task with long inputs
+(`len:12-24` digits: completions of 13-25 tokens, the decode-bound regime speculative
+decoding is for):
+
+  target  L=8, D=128, 4 query / 2 KV heads, F=384   (~1.6 M layer parameters)
+  draft   L=2, same widths                          (a quarter of the target's layer FLOPs)
+  head    the SpecDec++ acceptance head of the draft for the target (configs/specdec_pp.py,
+          200 head steps on the same task).
+
+A model is trained only when its workdir lacks a finished summary.json for the same arguments
+(the stamp file), so rerunning the benchmark reuses them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "quickstart.py")
+
+
+def tokenrl_command() -> list[str]:
+  exe = os.path.join(os.path.dirname(sys.executable), "tokenrl")
+  return [exe] if os.path.exists(exe) else [sys.executable, "-m", "tokenrl.cli"]
+
+
+def model_args(num_layers: int, sft_steps: int) -> list[str]:
+  """`tokenrl train` flags of one model (quickstart config, SFT only, the sort task)."""
+  return [f"--config={CONFIG}", "--config.data.task=sort", "--config.data.tiers=len:12-24",
+          "--config.model.max_seq_len=64", "--config.model.dim=128",
+          f"--config.model.num_layers={num_layers}", "--config.sampler.max_new_tokens=26",
+          "--config.train.max_steps=0", f"--config.train.sft_steps={sft_steps}",
+          "--config.train.sft_target_accuracy=0.0", "--config.train.sft_learning_rate=2e-3",
+          "--config.train.sft_batch_size=32",
+          "--config.data.dev_size=0", "--config.data.eval_size=64",
+          "--config.train.checkpoint_every=100000", "--config.seed=0"]
+
+
+def train(workdir: str, args: list[str]) -> str:
+  """Run `tokenrl train` into workdir unless a finished run with the same args is there."""
+  stamp = os.path.join(workdir, "bench_args.json")
+  summary = os.path.join(workdir, "summary.json")
+  if os.path.exists(stamp) and os.path.exists(summary):
+    with open(stamp) as f:
+      if json.load(f) == args:
+        return workdir
+  subprocess.run(["rm", "-rf", workdir], check=True)
+  os.makedirs(workdir)
+  subprocess.run([*tokenrl_command(), "train", *args, f"--workdir={workdir}"], check=True,
+                 cwd=REPO)
+  with open(stamp, "w") as f:
+    json.dump(args, f)
+  return workdir
+
+
+def head_args(target: str, draft: str, head_steps: int) -> list[str]:
+  """`tokenrl train` flags of the SpecDec++ acceptance head of `draft` for `target`."""
+  return [f"--config={os.path.join(REPO, 'configs', 'specdec_pp.py')}",
+          "--config.data.task=sort", "--config.data.tiers=len:12-24",
+          "--config.model.max_seq_len=64", "--config.model.dim=128", "--config.model.num_layers=8",
+          f"--config.model.init_workdir={target}", "--config.train.sft_steps=0",
+          f"--config.sampler.speculative.draft_model={draft}",
+          "--config.rl.specdec_pp.draft_sft_steps=0", "--config.sampler.max_new_tokens=26",
+          f"--config.train.max_steps={head_steps}", "--config.train.checkpoint_every=100000",
+          "--config.train.eval_every=0", "--config.optimizer.warmup_steps=6", "--config.seed=0"]
+
+
+def build(work: str, *, target_steps: int = 400, draft_steps: int = 400,
+          head_steps: int = 200) -> dict[str, str]:
+  """{'target', 'draft', 'head'}: workdirs (trained if missing)."""
+  out = {"target": train(os.path.join(work, "target"), model_args(8, target_steps)),
+         "draft": train(os.path.join(work, "draft"), model_args(2, draft_steps))}
+  out["head"] = train(os.path.join(work, "head"), head_args(out["target"], out["draft"],
+                                                            head_steps))
+  return out
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--work", default=os.path.join(REPO, "runs", "spec_models"))
+  ap.add_argument("--target_steps", type=int, default=400)
+  ap.add_argument("--draft_steps", type=int, default=400)
+  ap.add_argument("--head_steps", type=int, default=200)
+  a = ap.parse_args()
+  print(json.dumps(build(a.work, target_steps=a.target_steps, draft_steps=a.draft_steps,
+                         head_steps=a.head_steps)))
+
+
+if __name__ == "__main__":
+  main()
