@@ -58,6 +58,24 @@ def test_speculative_rollouts_log_their_acceptance(tmp_path):
     assert 1.0 <= r["spec_tokens_per_pass"] <= 4.0  # at most K + 1 tokens per verify pass
 
 
+@pytest.mark.slow
+def test_a_draft_model_folder_decodes_rollouts_on_the_mesh(tmp_path):
+  # A separate draft (HF folder + its tokenizer) restored on one device, the policy on the 8
+  # fake devices: the decoder puts the draft where the policy is.
+  import jax
+  from tokenrl import models
+  from tokenrl.data.tokenizer import load_tokenizer
+  tok = load_tokenizer("char")
+  draft = models.tiny("qwen2", vocab_size=tok.vocab_size, dim=16, num_layers=1, num_heads=2,
+                      num_kv_heads=1, mlp_dim=32, max_seq_len=64, pad_id=tok.pad_id,
+                      bos_id=tok.bos_id, eos_ids=tuple(tok.eos_token_ids))
+  folder = str(tmp_path / "draft")
+  models.save_hf(folder, draft, models.init_params(draft, jax.random.key(3)), tokenizer=tok)
+  train(_cfg("exact", draft="model", draft_model=folder, num_draft_tokens=2), str(tmp_path / "r"))
+  rows = _rl_rows(tmp_path / "r")
+  assert len(rows) == 2 and all(0.0 <= r["spec_acceptance"] <= 1.0 for r in rows)
+
+
 @pytest.mark.parametrize("spec,match", [
     (dict(draft="model", draft_model="/no/such/folder"),
      r"sampler.speculative.draft_model='/no/such/folder': no such folder"),

@@ -26,6 +26,7 @@ the first rollout with the method's name and the key to change.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Sequence
 
@@ -54,6 +55,7 @@ class SpeculativeDecoder:
   def __init__(self, spec: ml_collections.ConfigDict, model: ModelConfig, draft: Any,
                head: tuple[Any, int] | None):
     self.spec, self.model, self.draft, self.head = spec, model, draft, head
+    self._placed = False
     self._counts = np.zeros(3)  # drafted, accepted, rounds·rows (tokens per verify pass)
     self._emitted = 0
 
@@ -69,6 +71,7 @@ class SpeculativeDecoder:
           "need the same processor at every drafted position. Set "
           "--config.sampler.speculative.method=none for this method")
     del prompt_sharding, unused  # one process: jit places the rows (see build_decoder)
+    self._place_like(params)
     kw = dict(config=config, rng=rng, max_new_tokens=max_new_tokens, temperature=temperature,
               top_k=top_k, top_p=top_p, num_samples=num_samples, stop_tokens=stop_tokens)
     method = self.spec.method
@@ -95,6 +98,25 @@ class SpeculativeDecoder:
                                     num_draft_tokens=int(self.spec.num_draft_tokens), **kw, **extra)
     self._add(stats.drafted, stats.accepted, stats.row_rounds, stats.emitted)
     return out
+
+  def _place_like(self, params: Any) -> None:
+    """Put the draft model's and the head's arrays where the policy's are (once).
+
+    A draft restored from a workdir sits on one device; the policy on a mesh spans all of them,
+    and one jitted decode cannot take both. Replicated on the policy's mesh, like the decode
+    layout of the policy's own weights (every weight read once per token)."""
+    if self._placed:
+      return
+    self._placed = True
+    sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+      return
+    rep = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    from tokenrl.rollout import drafts  # pylint: disable=g-import-not-at-top
+    if isinstance(self.draft, drafts.ModelDraft):
+      self.draft = dataclasses.replace(self.draft, params=jax.device_put(self.draft.params, rep))
+    if self.head is not None:
+      self.head = (jax.device_put(self.head[0], rep), self.head[1])
 
   def _add(self, drafted: int, accepted: int, row_rounds: int, emitted: int) -> None:
     self._counts += (drafted, accepted, row_rounds)
