@@ -81,7 +81,7 @@ def _call(name, draft, k, extra, params, config, prompts, key):
     out, info = skip_sample(params, prompts, **kw)
     return jax.block_until_ready(out), {}
   if draft == "spectr":
-    from tokenrl.rollout.spectr_sample import spectr_sample
+    from tokenrl.rollout.spectr import spectr_sample
     out, stats = spectr_sample(params, prompts, num_draft_tokens=k, **extra, **kw)
     out = jax.block_until_ready(out)
     return out, {"acceptance": stats.acceptance_rate, "tokens_per_round": stats.tokens_per_round,

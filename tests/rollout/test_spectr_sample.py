@@ -19,8 +19,8 @@ from tokenrl import models
 from tokenrl.rollout import sample
 from tokenrl.rollout.drafts import LayerDraft, NGramDraft
 from tokenrl.rollout.speculative import speculative_sample
-from tokenrl.rollout import spectr_sample as spectr_lib
-from tokenrl.rollout.spectr_sample import _take_rows, spectr_sample
+from tokenrl.rollout import spectr as spectr_lib
+from tokenrl.rollout.spectr import _take_rows, spectr_sample
 
 LAW_PROMPT, LAW_ROWS, LAW_DRAFTS, LAW_DEPTH = [5, 6, 7], 50_000, 3, 2
 

@@ -83,7 +83,7 @@ class SpeculativeDecoder:
                 int(np.asarray(out.mask).sum()))
       return out
     if method == "spectr":
-      from tokenrl.rollout.spectr_sample import spectr_sample  # pylint: disable=g-import-not-at-top
+      from tokenrl.rollout.spectr import spectr_sample  # pylint: disable=g-import-not-at-top
       out, stats = spectr_sample(params, prompts, draft=self.draft,
                                  num_drafts=int(self.spec.num_drafts),
                                  num_draft_tokens=int(self.spec.num_draft_tokens), **kw)
