@@ -49,16 +49,6 @@ def test_zero_draft_tokens_is_the_plain_run_bit_for_bit(tmp_path):
 
 
 @pytest.mark.slow
-def test_speculative_rollouts_log_their_acceptance(tmp_path):
-  train(_cfg("exact", draft="layers", num_draft_tokens=3, draft_layers=1), str(tmp_path / "r"))
-  rows = _rl_rows(tmp_path / "r")
-  assert len(rows) == 2
-  for r in rows:
-    assert 0.0 <= r["spec_acceptance"] <= 1.0
-    assert 1.0 <= r["spec_tokens_per_pass"] <= 4.0  # at most K + 1 tokens per verify pass
-
-
-@pytest.mark.slow
 def test_a_draft_model_folder_decodes_rollouts_on_the_mesh(tmp_path):
   # A separate draft (HF folder + its tokenizer) restored on one device, the policy on the 8
   # fake devices: the decoder puts the draft where the policy is.
@@ -73,7 +63,10 @@ def test_a_draft_model_folder_decodes_rollouts_on_the_mesh(tmp_path):
   models.save_hf(folder, draft, models.init_params(draft, jax.random.key(3)), tokenizer=tok)
   train(_cfg("exact", draft="model", draft_model=folder, num_draft_tokens=2), str(tmp_path / "r"))
   rows = _rl_rows(tmp_path / "r")
-  assert len(rows) == 2 and all(0.0 <= r["spec_acceptance"] <= 1.0 for r in rows)
+  assert len(rows) == 2
+  for r in rows:  # this step's rollouts only (evaluation counts are dropped)
+    assert 0.0 <= r["spec_acceptance"] <= 1.0
+    assert 1.0 <= r["spec_tokens_per_pass"] <= 3.0  # at most K + 1 tokens per verify pass
 
 
 @pytest.mark.parametrize("spec,match", [
