@@ -46,14 +46,13 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from tokenrl.models import layers as model_layers
 from tokenrl.models import transformer
 from tokenrl.models.config import ModelConfig
 from tokenrl.models.hooks import Hooks
 from tokenrl.rollout import speculative as spec_lib
-from tokenrl.rollout.sampler import prepare_prompts
+from tokenrl.rollout.sampler import prepare_rows
 from tokenrl.rollout.sampling import filter_top_k, filter_top_p, log_probs_and_entropy
 from tokenrl.types import Rollout
 
@@ -312,21 +311,13 @@ def del_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Array
       list(exit_layers) != sorted(set(exit_layers)):
     raise ValueError(f"exit_layers must be increasing layer counts in [1, {num_layers - 1}], "
                      f"got {exit_layers}")
-  if max_new_tokens < 1 or max_draft < 1 or not 0 <= min_draft < max_draft:
-    raise ValueError(f"need max_new_tokens >= 1, max_draft >= 1 and 0 <= min_draft < max_draft, "
-                     f"got {max_new_tokens}, {max_draft}, {min_draft}")
-  if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0 or num_samples < 1:
-    raise ValueError(f"bad sampling settings: temperature={temperature} (>= 0), top_p={top_p} "
-                     f"(in (0, 1]), top_k={top_k} (>= 0), num_samples={num_samples} (>= 1)")
-  tokens, mask = prepare_prompts(prompts, config.pad_id, prompt_mask=prompt_mask,
-                                 max_width=config.max_seq_len - max_new_tokens)
-  if tokens.shape[1] + max_new_tokens > config.max_seq_len:
-    raise ValueError(f"prompt bucket {tokens.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
-                     f"max_seq_len {config.max_seq_len}")
-  if num_samples > 1:
-    tokens, mask = np.repeat(tokens, num_samples, axis=0), np.repeat(mask, num_samples, axis=0)
-  stops = tuple(int(t) for t in (config.eos_ids if stop_tokens is None else stop_tokens))
-  dtype = jnp.dtype(cache_dtype) if cache_dtype is not None else params["embed"].dtype
+  if max_draft < 1 or not 0 <= min_draft < max_draft:
+    raise ValueError(f"need max_draft >= 1 and 0 <= min_draft < max_draft, got {max_draft}, "
+                     f"{min_draft}")
+  tokens, mask, stops, dtype = prepare_rows(
+      params, prompts, config=config, max_new_tokens=max_new_tokens, prompt_mask=prompt_mask,
+      temperature=temperature, top_k=top_k, top_p=top_p, num_samples=num_samples,
+      stop_tokens=stop_tokens, cache_dtype=cache_dtype)
   return _del_generate(params, jnp.asarray(tokens), jnp.asarray(mask), rng,
                        jnp.asarray(temperature, jnp.float32), config=config,
                        max_new_tokens=int(max_new_tokens), top_k=int(top_k), top_p=float(top_p),

@@ -142,6 +142,47 @@ def _check_prompt_mask(prompt_mask: Any, shape: tuple[int, ...]) -> np.ndarray:
   return m
 
 
+def prepare_rows(params: Any, prompts: Any, *, config: ModelConfig, max_new_tokens: int,
+                 prompt_mask: Any, temperature: float, top_k: int, top_p: float,
+                 num_samples: int, stop_tokens: Sequence[int] | None, cache_dtype: Any
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], Any]:
+  """The host-side start of every decoder (sample and the speculative / early-exit ones).
+
+  Checks the sampling arguments, left-pads and buckets the prompts (`prepare_prompts`, the
+  bucket capped at the room the completion leaves: up to the context, never past), checks the
+  ids and the length, and repeats each prompt num_samples times (groups contiguous).
+
+  Returns:
+    (tokens int32 [N,P], mask int32 [N,P], stop ids, KV cache dtype), N = B·num_samples.
+  """
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0, got {temperature}")
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+  if top_k < 0:
+    raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+  tokens, mask = prepare_prompts(prompts, config.pad_id, prompt_mask=prompt_mask,
+                                 max_width=config.max_seq_len - max_new_tokens)
+  if tokens.max() >= config.vocab_size or tokens.min() < 0:
+    raise ValueError(f"prompts hold token ids in [{tokens.min()}, {tokens.max()}], outside the "
+                     f"vocabulary [0, {config.vocab_size})")
+  if tokens.shape[1] + max_new_tokens > config.max_seq_len:
+    longest = int(mask.sum(axis=1).max())
+    raise ValueError(f"prompt of {longest} tokens (bucket {tokens.shape[1]}) + max_new_tokens "
+                     f"{max_new_tokens} = {longest + max_new_tokens} exceeds the model's "
+                     f"max_seq_len {config.max_seq_len}: shorten the prompt or lower max_new_tokens")
+  if num_samples > 1:
+    tokens = np.repeat(tokens, num_samples, axis=0)
+    mask = np.repeat(mask, num_samples, axis=0)
+  stops = tuple(int(t) for t in (config.eos_ids if stop_tokens is None else stop_tokens))
+  dtype = jnp.dtype(cache_dtype) if cache_dtype is not None else params["embed"].dtype
+  return tokens, mask, stops, dtype
+
+
 def sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Array, max_new_tokens: int,
            prompt_mask: Any = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            num_samples: int = 1,
@@ -177,33 +218,10 @@ def sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Array, ma
   Returns:
     Rollout with tokens/mask/logprobs/entropy [N,T], N = B·G.
   """
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-  if num_samples < 1:
-    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-  if temperature < 0:
-    raise ValueError(f"temperature must be >= 0, got {temperature}")
-  if not 0.0 < top_p <= 1.0:
-    raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-  if top_k < 0:
-    raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
-  # The bucket is capped at the room the completion leaves: bucket up to the context, never past.
-  tokens, mask = prepare_prompts(prompts, config.pad_id, prompt_mask=prompt_mask,
-                                 max_width=config.max_seq_len - max_new_tokens)
-  if tokens.max() >= config.vocab_size or tokens.min() < 0:
-    raise ValueError(f"prompts hold token ids in [{tokens.min()}, {tokens.max()}], outside the "
-                     f"vocabulary [0, {config.vocab_size})")
-  length = tokens.shape[1] + max_new_tokens
-  if length > config.max_seq_len:
-    raise ValueError(f"prompt of {int(mask.sum(axis=1).max())} tokens (bucket {tokens.shape[1]}) + "
-                     f"max_new_tokens {max_new_tokens} = {int(mask.sum(axis=1).max()) + max_new_tokens} "
-                     f"exceeds the model's max_seq_len {config.max_seq_len}: shorten the prompt "
-                     "or lower max_new_tokens")
-  if num_samples > 1:
-    tokens = np.repeat(tokens, num_samples, axis=0)
-    mask = np.repeat(mask, num_samples, axis=0)
-  stops = tuple(int(t) for t in (config.eos_ids if stop_tokens is None else stop_tokens))
-  dtype = jnp.dtype(cache_dtype) if cache_dtype is not None else params["embed"].dtype
+  tokens, mask, stops, dtype = prepare_rows(
+      params, prompts, config=config, max_new_tokens=max_new_tokens, prompt_mask=prompt_mask,
+      temperature=temperature, top_k=top_k, top_p=top_p, num_samples=num_samples,
+      stop_tokens=stop_tokens, cache_dtype=cache_dtype)
   temp = np.asarray(temperature, np.float32)
   aux = jax.tree.map(lambda x: np.asarray(x), processor_state)
   if prompt_sharding is None:

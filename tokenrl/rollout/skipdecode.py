@@ -31,12 +31,11 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from tokenrl.models import transformer
 from tokenrl.models.config import ModelConfig
 from tokenrl.rollout.dynamic_exit import run_layer_subset
-from tokenrl.rollout.sampler import prepare_prompts
+from tokenrl.rollout.sampler import prepare_rows
 from tokenrl.rollout.sampling import choose_tokens
 from tokenrl.types import Rollout
 
@@ -137,15 +136,10 @@ def skip_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Arra
   elif (max_layers, min_layers, end) != (None, None, None):
     raise ValueError("pass either schedule or max_layers/min_layers/end, not both")
   schedule = check_schedule(schedule, num_layers=num_layers, max_new_tokens=max_new_tokens)
-  tokens, mask = prepare_prompts(prompts, config.pad_id, prompt_mask=prompt_mask,
-                                 max_width=config.max_seq_len - max_new_tokens)
-  if tokens.shape[1] + max_new_tokens > config.max_seq_len:
-    raise ValueError(f"prompt bucket {tokens.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
-                     f"max_seq_len {config.max_seq_len}")
-  if num_samples > 1:
-    tokens, mask = np.repeat(tokens, num_samples, axis=0), np.repeat(mask, num_samples, axis=0)
-  stops = tuple(int(t) for t in (config.eos_ids if stop_tokens is None else stop_tokens))
-  dtype = jnp.dtype(cache_dtype) if cache_dtype is not None else params["embed"].dtype
+  tokens, mask, stops, dtype = prepare_rows(
+      params, prompts, config=config, max_new_tokens=max_new_tokens, prompt_mask=prompt_mask,
+      temperature=temperature, top_k=top_k, top_p=top_p, num_samples=num_samples,
+      stop_tokens=stop_tokens, cache_dtype=cache_dtype)
   return _skip_generate(params, jnp.asarray(tokens), jnp.asarray(mask), rng,
                         jnp.asarray(temperature, jnp.float32), config=config,
                         top_k=int(top_k), top_p=float(top_p), stop_tokens=stops,

@@ -56,7 +56,7 @@ from tokenrl.models.config import ModelConfig
 from tokenrl.rollout.drafts import Draft, DraftInput, NGramDraft
 from tokenrl.rollout.multidraft import (kseq_acceptance, optimal_multidraft_acceptance,
                                         spectr_verify, spectr_verify_greedy)
-from tokenrl.rollout.sampler import prepare_prompts
+from tokenrl.rollout.sampler import prepare_rows
 from tokenrl.rollout.sampling import choose_tokens, log_probs_and_entropy, process_logits
 from tokenrl.types import Rollout
 
@@ -138,16 +138,6 @@ def spectr_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Ar
   Returns:
     (Rollout [N,T] with the target's processed log-probs / entropies, SpectrStats).
   """
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-  if num_samples < 1:
-    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-  if temperature < 0:
-    raise ValueError(f"temperature must be >= 0, got {temperature}")
-  if not 0.0 < top_p <= 1.0:
-    raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-  if top_k < 0:
-    raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
   if not isinstance(num_drafts, int) or num_drafts < 1:
     raise ValueError(f"num_drafts must be an int >= 1, got {num_drafts!r}")
   if not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
@@ -160,22 +150,10 @@ def spectr_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Ar
     raise ValueError(f"SpecTr needs a per-row cache index; attention={config.attention!r} keeps "
                      "one write column for all rows: use 'full'")
   draft.check(config)
-  tokens, mask = prepare_prompts(prompts, config.pad_id, prompt_mask=prompt_mask,
-                                 max_width=config.max_seq_len - max_new_tokens)
-  if tokens.max() >= config.vocab_size or tokens.min() < 0:
-    raise ValueError(f"prompts hold token ids in [{tokens.min()}, {tokens.max()}], outside the "
-                     f"vocabulary [0, {config.vocab_size})")
-  if tokens.shape[1] + max_new_tokens > config.max_seq_len:
-    longest = int(mask.sum(axis=1).max())
-    raise ValueError(f"prompt of {longest} tokens (bucket {tokens.shape[1]}) + max_new_tokens "
-                     f"{max_new_tokens} = {longest + max_new_tokens} exceeds the model's "
-                     f"max_seq_len {config.max_seq_len}: shorten the prompt or lower "
-                     "max_new_tokens")
-  if num_samples > 1:
-    tokens = np.repeat(tokens, num_samples, axis=0)
-    mask = np.repeat(mask, num_samples, axis=0)
-  stops = tuple(int(t) for t in (config.eos_ids if stop_tokens is None else stop_tokens))
-  dtype = jnp.dtype(cache_dtype) if cache_dtype is not None else params["embed"].dtype
+  tokens, mask, stops, dtype = prepare_rows(
+      params, prompts, config=config, max_new_tokens=max_new_tokens, prompt_mask=prompt_mask,
+      temperature=temperature, top_k=top_k, top_p=top_p, num_samples=num_samples,
+      stop_tokens=stop_tokens, cache_dtype=cache_dtype)
   rollout, counts, diag, rounds = _generate(
       params, draft.weights(), jnp.asarray(tokens), jnp.asarray(mask), rng,
       jnp.asarray(temperature, jnp.float32), config=config, max_new_tokens=max_new_tokens,
