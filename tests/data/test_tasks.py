@@ -51,6 +51,18 @@ def test_sort_answers():
     assert ex["answer"] == "".join(map(str, sorted(ex["digits"])))
 
 
+def test_copy_answers_repeat_the_prompt_text():
+  from tokenrl.data import char_tokenizer, rewards
+  exs = tasks.make_examples("copy", "train", 200, 0, tiers="len:8-16")
+  for ex in exs:
+    text = ex["prompt"][len("copy "):-1]
+    assert ex["prompt"] == f"copy {text}=" and ex["answer"] == text
+    assert 8 <= len(text) <= 16 and set(text) <= set("abcdefghijklmnopqrstuvwxyz0123456789")
+    assert set(ex["prompt"]) <= set(char_tokenizer.CHARS)  # the char tokenizer reads it
+    assert rewards.task_reward(text, ex) == 1.0 and rewards.task_reward(text[:-1], ex) == 0.0
+  assert len({len(e["answer"]) for e in exs}) == 9  # every length of the tier occurs
+
+
 def test_countdown_problems():
   for ex in tasks.make_examples("countdown", "train", 100, 0, tiers="nums:3-4,target:1-30"):
     assert 3 <= len(ex["numbers"]) <= 4 and all(1 <= v <= 9 for v in ex["numbers"])

@@ -233,6 +233,7 @@ class RegexReward:
 TASK_VERIFIERS: dict[str, RewardFn] = {
     "arith": exact_answer_reward,
     "sort": exact_answer_reward,
+    "copy": exact_answer_reward,
     "countdown": countdown_reward,
     "gsm8k": math_answer_reward,
     "hidden_length": palace.count_threshold_reward,

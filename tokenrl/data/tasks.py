@@ -2,6 +2,7 @@
 
   arith      '12+7=' -> '19'                  tiers 'add:1-2,sub:1-2,mul:1'   exact match
   sort       'sort 3142=' -> '1234'           tiers 'len:3-5'                 exact match
+  copy       'copy k3x9=' -> 'k3x9'           tiers 'len:8-16'                exact match
   countdown  'make 22 from 7 3 5=' -> '3*5+7' tiers 'nums:3,vals:1-9,target:1-50'  expression check
   hidden_length '12+345=357;' -> '<count>150</count>' tiers 'math:1-4,code:3-8'  RE <= 0.1 (PALACE)
 
@@ -15,6 +16,7 @@ from typing import Any, Callable
 
 from tokenrl.data import rewards
 from tokenrl.data import task_arith
+from tokenrl.data import task_copy
 from tokenrl.data import task_countdown
 from tokenrl.data import task_hidden_length
 from tokenrl.data import task_sort
@@ -32,7 +34,7 @@ class Task:
 
 TASKS: dict[str, Task] = {
     m.NAME: Task(m.NAME, m.make_examples, rewards.TASK_VERIFIERS[m.NAME], m.DEFAULT_TIERS)
-    for m in (task_arith, task_sort, task_countdown, task_hidden_length)
+    for m in (task_arith, task_sort, task_copy, task_countdown, task_hidden_length)
 }
 
 

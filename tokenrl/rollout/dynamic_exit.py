@@ -52,7 +52,7 @@ from tokenrl.models import transformer
 from tokenrl.models.config import ModelConfig
 from tokenrl.models.hooks import Hooks
 from tokenrl.rollout import speculative as spec_lib
-from tokenrl.rollout.sampler import prepare_rows
+from tokenrl.rollout.sampler import place_rows, prepare_rows
 from tokenrl.rollout.sampling import filter_top_k, filter_top_p, log_probs_and_entropy
 from tokenrl.types import Rollout
 
@@ -285,7 +285,9 @@ def del_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Array
                stop_tokens: Sequence[int] | None = None,
                exit_layers: Sequence[int] | None = None, max_draft: int = 18, min_draft: int = 0,
                omega: float = 0.95, prompt_positions: int = 32,
-               cache_dtype: Any = None) -> tuple[Rollout, DELInfo]:
+               cache_dtype: Any = None,
+               prompt_sharding: jax.sharding.NamedSharding | None = None,
+               ) -> tuple[Rollout, DELInfo]:
   """Sample with DEL self-speculation; the output law is the target's (lossless).
 
   Args (as `sampler.sample`, plus):
@@ -318,8 +320,8 @@ def del_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Array
       params, prompts, config=config, max_new_tokens=max_new_tokens, prompt_mask=prompt_mask,
       temperature=temperature, top_k=top_k, top_p=top_p, num_samples=num_samples,
       stop_tokens=stop_tokens, cache_dtype=cache_dtype)
-  return _del_generate(params, jnp.asarray(tokens), jnp.asarray(mask), rng,
-                       jnp.asarray(temperature, jnp.float32), config=config,
+  tokens, mask, rng, temp = place_rows(prompt_sharding, tokens, mask, rng, temperature)
+  return _del_generate(params, tokens, mask, rng, temp, config=config,
                        max_new_tokens=int(max_new_tokens), top_k=int(top_k), top_p=float(top_p),
                        stop_tokens=stops, exit_layers=exit_layers, max_draft=int(max_draft),
                        min_draft=int(min_draft), omega=float(omega),

@@ -222,13 +222,11 @@ def sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Array, ma
       params, prompts, config=config, max_new_tokens=max_new_tokens, prompt_mask=prompt_mask,
       temperature=temperature, top_k=top_k, top_p=top_p, num_samples=num_samples,
       stop_tokens=stop_tokens, cache_dtype=cache_dtype)
-  temp = np.asarray(temperature, np.float32)
+  tokens, mask, rng, temp = place_rows(prompt_sharding, tokens, mask, rng, temperature)
   aux = jax.tree.map(lambda x: np.asarray(x), processor_state)
   if prompt_sharding is None:
-    tokens, mask, temp = jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(temp)
     aux = jax.tree.map(jnp.asarray, aux)
   else:
-    tokens, mask, rng, temp = _place(prompt_sharding, tokens, mask, rng, temp)
     rep_sharding = jax.sharding.NamedSharding(prompt_sharding.mesh, jax.sharding.PartitionSpec())
     aux = jax.tree.map(
         lambda x: jax.make_array_from_callback(x.shape, rep_sharding, lambda idx: x[idx]), aux)
@@ -237,13 +235,19 @@ def sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Array, ma
                    stop_tokens=stops, logit_processor=logit_processor, cache_dtype=dtype)
 
 
-def _place(sharding: jax.sharding.NamedSharding, tokens: np.ndarray, mask: np.ndarray, rng: jax.Array,
-           temperature: np.ndarray):
-  """Prompt rows onto `sharding`, the key and temperature replicated on its devices.
+def place_rows(sharding: jax.sharding.NamedSharding | None, tokens: np.ndarray, mask: np.ndarray,
+               rng: jax.Array, temperature: float):
+  """(tokens, mask, rng, temperature) as a decode loop's jit arguments.
 
-  make_array_from_callback reads each shard from the host copy every process holds, so this
-  works when the mesh spans several processes (device_put of a local array may not).
+  sharding None: plain device arrays (jit puts them next to the params). Otherwise the [N,P]
+  prompt rows split by `sharding` (the KV cache and the outputs follow them under jit), the key
+  and the f32 temperature replicated on its devices. make_array_from_callback reads each shard
+  from the host copy every process holds, so this works when the mesh spans several processes
+  (device_put of a local array may not).
   """
+  temperature = np.asarray(temperature, np.float32)
+  if sharding is None:
+    return jnp.asarray(tokens), jnp.asarray(mask), rng, jnp.asarray(temperature)
   try:
     sharding.shard_shape(tokens.shape)
   except ValueError as e:

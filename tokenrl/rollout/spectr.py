@@ -56,7 +56,7 @@ from tokenrl.models.config import ModelConfig
 from tokenrl.rollout.drafts import Draft, DraftInput, NGramDraft
 from tokenrl.rollout.multidraft import (kseq_acceptance, optimal_multidraft_acceptance,
                                         spectr_verify, spectr_verify_greedy)
-from tokenrl.rollout.sampler import prepare_rows
+from tokenrl.rollout.sampler import place_rows, prepare_rows
 from tokenrl.rollout.sampling import choose_tokens, log_probs_and_entropy, process_logits
 from tokenrl.types import Rollout
 
@@ -123,13 +123,15 @@ def spectr_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Ar
                   max_new_tokens: int, draft: Draft, num_drafts: int, num_draft_tokens: int,
                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                   num_samples: int = 1, stop_tokens: Sequence[int] | None = None,
-                  prompt_mask: Any = None, cache_dtype: Any = None) -> tuple[Rollout, SpectrStats]:
+                  prompt_mask: Any = None, cache_dtype: Any = None,
+                  prompt_sharding: jax.sharding.NamedSharding | None = None,
+                  ) -> tuple[Rollout, SpectrStats]:
   """`sample`'s completions (same law, same contract), drafted as k i.i.d. sequences of L tokens.
 
   Args:
     params, prompts, config, rng, max_new_tokens, temperature, top_k, top_p, num_samples,
-    stop_tokens, prompt_mask, cache_dtype: as `tokenrl.rollout.sample` (row r uses
-      fold_in(rng, r), so a row's output does not depend on the other rows; N = B·G rows).
+    stop_tokens, prompt_mask, cache_dtype, prompt_sharding: as `tokenrl.rollout.sample` (row r
+      uses fold_in(rng, r), so a row's output does not depend on the other rows; N = B·G rows).
     draft: a stochastic `tokenrl.rollout.drafts` draft (ModelDraft, LayerDraft). NGramDraft is
       refused: its proposal is deterministic, so the k drafts would be identical.
     num_drafts: k >= 1 draft sequences per row (k = 1 is `speculative_sample`).
@@ -154,9 +156,9 @@ def spectr_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Ar
       params, prompts, config=config, max_new_tokens=max_new_tokens, prompt_mask=prompt_mask,
       temperature=temperature, top_k=top_k, top_p=top_p, num_samples=num_samples,
       stop_tokens=stop_tokens, cache_dtype=cache_dtype)
+  tokens, mask, rng, temp = place_rows(prompt_sharding, tokens, mask, rng, temperature)
   rollout, counts, diag, rounds = _generate(
-      params, draft.weights(), jnp.asarray(tokens), jnp.asarray(mask), rng,
-      jnp.asarray(temperature, jnp.float32), config=config, max_new_tokens=max_new_tokens,
+      params, draft.weights(), tokens, mask, rng, temp, config=config, max_new_tokens=max_new_tokens,
       num_drafts=num_drafts, num_draft=num_draft_tokens, top_k=int(top_k), top_p=float(top_p),
       stop_tokens=stops, draft=draft, cache_dtype=dtype)
   row_rounds, drafted, accepted, emitted, positions, hits = (

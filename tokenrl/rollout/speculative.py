@@ -63,7 +63,7 @@ from tokenrl.models import accept_head as accept_head_lib
 from tokenrl.models import transformer
 from tokenrl.models.config import ModelConfig
 from tokenrl.rollout.drafts import Draft, DraftInput
-from tokenrl.rollout.sampler import prepare_rows
+from tokenrl.rollout.sampler import place_rows, prepare_rows
 from tokenrl.rollout.sampling import choose_tokens, log_probs_and_entropy, process_logits
 from tokenrl.types import Rollout
 
@@ -239,14 +239,17 @@ def speculative_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: j
                        num_samples: int = 1, stop_tokens: Sequence[int] | None = None,
                        prompt_mask: Any = None, cache_dtype: Any = None,
                        accept_head: tuple[Any, int] | None = None, stop_threshold: float = 0.3,
-                       min_draft_tokens: int = 2) -> tuple[Rollout, SpeculativeStats]:
+                       min_draft_tokens: int = 2,
+                       prompt_sharding: jax.sharding.NamedSharding | None = None,
+                       ) -> tuple[Rollout, SpeculativeStats]:
   """`sample`'s completions (same law, same contract), drafted by `draft` and verified K+1 at a time.
 
   Args:
     params, prompts, config, rng, max_new_tokens, temperature, top_k, top_p, num_samples,
-    stop_tokens, prompt_mask, cache_dtype: as `tokenrl.rollout.sample` (row r uses
-      fold_in(rng, r), so a row's output does not depend on the other rows; N = B·G rows,
-      groups contiguous).
+    stop_tokens, prompt_mask, cache_dtype, prompt_sharding: as `tokenrl.rollout.sample` (row r
+      uses fold_in(rng, r), so a row's output does not depend on the other rows; N = B·G rows,
+      groups contiguous; with prompt_sharding the rows, both KV caches and the outputs are split
+      over the mesh and a draft's weights must be on that mesh too).
     draft: a `tokenrl.rollout.drafts` draft (ModelDraft, LayerDraft, NGramDraft).
     num_draft_tokens: K, the most tokens drafted per round (SpecDec++: K_max). 0 = no draft:
       every round is one `sample` decode step, with the same tokens for the same rng.
@@ -283,9 +286,9 @@ def speculative_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: j
       params, prompts, config=config, max_new_tokens=max_new_tokens, prompt_mask=prompt_mask,
       temperature=temperature, top_k=top_k, top_p=top_p, num_samples=num_samples,
       stop_tokens=stop_tokens, cache_dtype=cache_dtype)
+  tokens, mask, rng, temp = place_rows(prompt_sharding, tokens, mask, rng, temperature)
   rollout, counts, rounds = _generate(
-      params, draft.weights(), head_params, jnp.asarray(tokens), jnp.asarray(mask), rng,
-      jnp.asarray(temperature, jnp.float32), config=config, max_new_tokens=max_new_tokens,
+      params, draft.weights(), head_params, tokens, mask, rng, temp, config=config, max_new_tokens=max_new_tokens,
       num_draft=num_draft_tokens, top_k=int(top_k), top_p=float(top_p), stop_tokens=stops,
       draft=draft, head=head, cache_dtype=dtype)
   row_rounds, drafted, accepted, emitted = (int(x) for x in np.asarray(counts).sum(axis=1))

@@ -70,10 +70,13 @@ class SpeculativeDecoder:
           "logit processor (this RL method edits the logits while sampling): the draft would "
           "need the same processor at every drafted position. Set "
           "--config.sampler.speculative.method=none for this method")
-    del prompt_sharding, unused  # one process: jit places the rows (see build_decoder)
+    del unused
     self._place_like(params)
+    # The rows split over the mesh like `sample`'s (data-parallel decode; the draft and head
+    # are replicated there by _place_like).
     kw = dict(config=config, rng=rng, max_new_tokens=max_new_tokens, temperature=temperature,
-              top_k=top_k, top_p=top_p, num_samples=num_samples, stop_tokens=stop_tokens)
+              top_k=top_k, top_p=top_p, num_samples=num_samples, stop_tokens=stop_tokens,
+              prompt_sharding=prompt_sharding)
     method = self.spec.method
     if method == "del":
       from tokenrl.rollout.dynamic_exit import del_sample  # pylint: disable=g-import-not-at-top
@@ -195,8 +198,9 @@ def build_decoder(cfg: ml_collections.ConfigDict, model: ModelConfig,
   if spec.method == "none":
     return None
   if jax.process_count() > 1:
-    raise ValueError(f"{_key('method')}={spec.method!r} runs on one process for now (its decode "
-                     "loop takes unsharded prompt rows); multi-process jobs sample with "
+    raise ValueError(f"{_key('method')}={spec.method!r} runs on one process for now (the draft "
+                     "and head are placed from one host's copy, untested across hosts); "
+                     "multi-process jobs sample with "
                      "--config.sampler.speculative.method=none")
   if model.attention != "full":
     raise ValueError(f"{_key('method')}={spec.method!r} needs model.attention='full' (the "
