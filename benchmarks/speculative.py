@@ -1,13 +1,16 @@
 """Speculative decoding vs plain `sample` on CPU: acceptance, tokens per verify pass, tokens/s.
 
-  python benchmarks/speculative.py                  # batches 1, 8, 64; 3 seeds (~15 min, 2 cores)
+  python benchmarks/speculative.py                  # sort; batches 1, 8, 64; 3 seeds (~15 min, 2 cores)
+  python benchmarks/speculative.py --task copy
   python benchmarks/speculative.py --batches 1,8 --seeds 0
 
 Models (benchmarks/speculative_models.py, trained here with `tokenrl train` if missing): a
 target Qwen2-style decoder L=8, D=128 and a draft L=2 of the same widths and vocabulary (char
-tokenizer), both SFT-trained on the embedded `sort` task with 12-24 digit inputs. Prompts: the
-task's held-out problems; completions of up to 26 tokens, sampled at temperature 1 with top-k /
-top-p off (the RL setting), stop at EOS.
+tokenizer), both SFT-trained on the embedded task: `sort` with 12-24 digit inputs (the output
+is a permutation of the prompt: little for prompt lookup to find) or `copy` with 16-32
+characters (the output repeats the prompt: prompt lookup's case). Prompts: the task's held-out
+problems; completions of up to 26 (sort) / 34 (copy) tokens, sampled at temperature 1 with
+top-k / top-p off (the RL setting), stop at EOS.
 
 Methods, every one timed on the same prompts and keys, one after the other in this process:
   sample               tokenrl.rollout.sample (the baseline)
@@ -22,7 +25,7 @@ seconds per call over `--reps` timed calls after one warm-up (compile) call, per
 speedup is sample's seconds / the method's seconds, reported as median (min-max) over seeds.
 Batch 1 runs `--prompts1` different prompts one at a time and sums their time.
 
-Writes benchmarks/results/speculative.json and benchmarks/results/speculative.png.
+Writes benchmarks/results/speculative_<task>.json and benchmarks/results/speculative_<task>.png.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ import common  # noqa: E402
 import speculative_models  # noqa: E402
 
 RESULTS = os.path.join(common.REPO, "benchmarks", "results")
-NEW_TOKENS = 26
 
 
 def _methods(draft_params, draft_config, ks, head):
@@ -61,14 +63,14 @@ def _methods(draft_params, draft_config, ks, head):
   return out
 
 
-def _call(name, draft, k, extra, params, config, prompts, key):
+def _call(name, draft, k, extra, params, config, prompts, key, new_tokens):
   """One call; returns (Rollout, stats dict)."""
   import jax
   from tokenrl.rollout import sample
   from tokenrl.rollout.dynamic_exit import del_sample
   from tokenrl.rollout.skipdecode import skip_sample
   from tokenrl.rollout.speculative import speculative_sample
-  kw = dict(config=config, rng=key, max_new_tokens=NEW_TOKENS, temperature=1.0)
+  kw = dict(config=config, rng=key, max_new_tokens=new_tokens, temperature=1.0)
   if draft is None:
     out = sample(params, prompts, **kw)
     return jax.block_until_ready(out), {}
@@ -93,19 +95,20 @@ def _call(name, draft, k, extra, params, config, prompts, key):
                "rounds": stats.rounds}
 
 
-def _time_case(name, draft, k, extra, params, config, batches_of_prompts, seed, reps):
+def _time_case(name, draft, k, extra, params, config, batches_of_prompts, seed, reps, new_tokens):
   """Median seconds per pass over the batches (sum over batches), tokens, stats of the last."""
   import jax
   import numpy as np
   key = jax.random.key(seed)
   for prompts in batches_of_prompts:  # warm-up: compile every distinct shape
-    _call(name, draft, k, extra, params, config, prompts, key)
+    _call(name, draft, k, extra, params, config, prompts, key, new_tokens)
   times, stats, tokens = [], [], 0
   for _ in range(reps):
     total, tokens, stats = 0.0, 0, []
     for i, prompts in enumerate(batches_of_prompts):
       t0 = time.perf_counter()
-      out, st = _call(name, draft, k, extra, params, config, prompts, jax.random.fold_in(key, i))
+      out, st = _call(name, draft, k, extra, params, config, prompts, jax.random.fold_in(key, i),
+                      new_tokens)
       total += time.perf_counter() - t0
       tokens += int(np.asarray(out.mask).sum())
       stats.append(st)
@@ -136,8 +139,8 @@ def _plot(result: dict, path: str) -> None:
   ax.set_xticks(range(len(names)))
   ax.set_xticklabels(names, rotation=25, ha="right", fontsize=8)
   ax.set_ylabel("tokens/s ÷ sample's (same law)")
-  ax.set_title(f"Speculative decoding on {result['env']['cpu']} ({result['env']['threads']} "
-               "threads), target L=8 / draft L=2")
+  ax.set_title(f"Speculative decoding, task {result['task']}, on {result['env']['cpu']} "
+               f"({result['env']['threads']} threads), target L=8 / draft L=2", fontsize=9)
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -145,6 +148,7 @@ def _plot(result: dict, path: str) -> None:
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--task", default="sort", choices=sorted(speculative_models.TASKS))
   ap.add_argument("--batches", default="1,8,64")
   ap.add_argument("--seeds", default="0,1,2")
   ap.add_argument("--ks", default="2,4")
@@ -155,7 +159,8 @@ def main() -> None:
   a = ap.parse_args()
   common.pin_threads(a.threads)
   load_before = os.getloadavg()
-  workdirs = speculative_models.build(a.work)
+  workdirs = speculative_models.build(a.work, a.task)
+  new_tokens = speculative_models.TASKS[a.task]["new_tokens"]
   import numpy as np
   from tokenrl.train.setup import encode_prompts
   from tokenrl.train.workdir import load_workdir
@@ -176,7 +181,8 @@ def main() -> None:
       groups = ([[p] for p in prompts_all[:a.prompts1]] if b == 1 else [prompts_all[:b]])
       per_seed = []
       for seed in seeds:
-        sec, tokens, st = _time_case(name, draft, k, extra, params, config, groups, seed, a.reps)
+        sec, tokens, st = _time_case(name, draft, k, extra, params, config, groups, seed, a.reps,
+                                     new_tokens)
         per_seed.append({"seconds": sec, "tokens": tokens, "tokens_per_s": tokens / sec, **st})
         print(f"{name:22s} batch {b:3d} seed {seed}: {tokens / sec:9.1f} tok/s  {st}",
               flush=True)
@@ -204,14 +210,15 @@ def main() -> None:
   result = {"date": time.strftime("%Y-%m-%d"), "commit": common._git("rev-parse", "--short", "HEAD"),
             "env": {"cpu": common.cpu_model(), "threads": a.threads,
                     "load_before": list(load_before), "load_after": list(os.getloadavg())},
-            "batches": batches, "seeds": seeds, "reps": a.reps, "new_tokens": NEW_TOKENS,
+            "task": a.task, "batches": batches, "seeds": seeds, "reps": a.reps,
+            "new_tokens": new_tokens,
             "methods": [m[0] for m in methods], "speedup": speedup, "raw": raw,
             "models": {"target_accuracy": json.load(open(os.path.join(workdirs["target"], "summary.json")))["final_accuracy"],
                        "draft_accuracy": json.load(open(os.path.join(workdirs["draft"], "summary.json")))["final_accuracy"]}}
   os.makedirs(RESULTS, exist_ok=True)
-  with open(os.path.join(RESULTS, "speculative.json"), "w") as f:
+  with open(os.path.join(RESULTS, f"speculative_{a.task}.json"), "w") as f:
     json.dump(result, f, indent=1)
-  _plot(result, os.path.join(RESULTS, "speculative.png"))
+  _plot(result, os.path.join(RESULTS, f"speculative_{a.task}.png"))
   print(common.table(header, rows))
 
 
