@@ -38,8 +38,9 @@ def tokenrl_command() -> list[str]:
 # task -> its tiers, the models' context length and the completion budget (the longest answer
 # + EOS), shared by the training runs and benchmarks/speculative.py.
 TASKS = {
-    "sort": {"tiers": "len:12-24", "max_seq_len": 64, "new_tokens": 26},
-    "copy": {"tiers": "len:16-32", "max_seq_len": 100, "new_tokens": 34, "max_prompt_len": 40},
+    "sort": {"tiers": "len:12-24", "max_seq_len": 64, "new_tokens": 26, "steps": 400},
+    "copy": {"tiers": "len:16-32", "max_seq_len": 100, "new_tokens": 34, "max_prompt_len": 40,
+             "steps": 1200},
 }
 
 
@@ -90,11 +91,15 @@ def head_args(task: str, target: str, draft: str, head_steps: int) -> list[str]:
           "--config.train.eval_every=0", "--config.optimizer.warmup_steps=6", "--config.seed=0"]
 
 
-def build(work: str, task: str = "sort", *, target_steps: int = 400, draft_steps: int = 400,
-          head_steps: int = 200) -> dict[str, str]:
-  """{'target', 'draft', 'head'}: workdirs under <work>/<task> (trained if missing)."""
+def build(work: str, task: str = "sort", *, target_steps: int | None = None,
+          draft_steps: int | None = None, head_steps: int = 200) -> dict[str, str]:
+  """{'target', 'draft', 'head'}: workdirs under <work>/<task> (trained if missing); SFT steps
+  default to the task's (copy needs more for a confident target: temperature-1 acceptance
+  depends on how peaked both models are)."""
   if task not in TASKS:
     raise ValueError(f"--task must be one of {sorted(TASKS)}, got {task!r}")
+  target_steps = target_steps or TASKS[task]["steps"]
+  draft_steps = draft_steps or TASKS[task]["steps"]
   work = os.path.join(work, task)
   out = {"target": train(os.path.join(work, "target"), model_args(task, 8, target_steps)),
          "draft": train(os.path.join(work, "draft"), model_args(task, 2, draft_steps))}
@@ -107,8 +112,8 @@ def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--work", default=os.path.join(REPO, "runs", "spec_models"))
   ap.add_argument("--task", default="sort", choices=sorted(TASKS))
-  ap.add_argument("--target_steps", type=int, default=400)
-  ap.add_argument("--draft_steps", type=int, default=400)
+  ap.add_argument("--target_steps", type=int, default=None, help="default: the task's")
+  ap.add_argument("--draft_steps", type=int, default=None, help="default: the task's")
   ap.add_argument("--head_steps", type=int, default=200)
   a = ap.parse_args()
   print(json.dumps(build(a.work, a.task, target_steps=a.target_steps, draft_steps=a.draft_steps,

@@ -241,6 +241,7 @@ def speculative_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: j
                        accept_head: tuple[Any, int] | None = None, stop_threshold: float = 0.3,
                        min_draft_tokens: int = 2,
                        prompt_sharding: jax.sharding.NamedSharding | None = None,
+                       verify_widths: Sequence[int] | None = None,
                        ) -> tuple[Rollout, SpeculativeStats]:
   """`sample`'s completions (same law, same contract), drafted by `draft` and verified K+1 at a time.
 
@@ -258,6 +259,12 @@ def speculative_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: j
       states (not NGramDraft).
     stop_threshold: SpecDec++ h: stop drafting once 1 − Π ĥ > h.
     min_draft_tokens: SpecDec++ K_min: never stop before this many drafted tokens.
+    verify_widths: the verify pass's compiled widths (positions), one of which runs per round:
+      the smallest >= 1 + the longest live draft of the round. Default (None): 1 + ceil(K/2^j)
+      for j = 0, 1, 2 (K=8: 3, 5, 9), so short rounds (an adaptive SpecDec++ draft stopped
+      early, an n-gram draft with no match) do not pay for K+1 positions. (K+1,) = one width.
+      The law is unchanged (positions past a row's draft are never read); each width is one
+      more compiled forward of the target.
 
   Returns:
     (Rollout [N,T] with the target's processed log-probs / entropies, SpeculativeStats).
@@ -286,11 +293,12 @@ def speculative_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: j
       params, prompts, config=config, max_new_tokens=max_new_tokens, prompt_mask=prompt_mask,
       temperature=temperature, top_k=top_k, top_p=top_p, num_samples=num_samples,
       stop_tokens=stop_tokens, cache_dtype=cache_dtype)
+  widths = _verify_widths(num_draft_tokens, verify_widths)
   tokens, mask, rng, temp = place_rows(prompt_sharding, tokens, mask, rng, temperature)
   rollout, counts, rounds = _generate(
       params, draft.weights(), head_params, tokens, mask, rng, temp, config=config, max_new_tokens=max_new_tokens,
       num_draft=num_draft_tokens, top_k=int(top_k), top_p=float(top_p), stop_tokens=stops,
-      draft=draft, head=head, cache_dtype=dtype)
+      draft=draft, head=head, cache_dtype=dtype, widths=widths)
   row_rounds, drafted, accepted, emitted = (int(x) for x in np.asarray(counts).sum(axis=1))
   stats = SpeculativeStats(
       rounds=int(rounds), row_rounds=row_rounds, drafted=drafted, accepted=accepted,
@@ -298,6 +306,17 @@ def speculative_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: j
       mean_accepted=accepted / row_rounds if row_rounds else float("nan"),
       tokens_per_round=emitted / row_rounds if row_rounds else float("nan"))
   return rollout, stats
+
+
+def _verify_widths(k: int, widths: Sequence[int] | None) -> tuple[int, ...]:
+  """The verify pass's widths (ascending, the last K+1); see speculative_sample."""
+  if widths is None:
+    return tuple(sorted({1 + -(-k // 2 ** j) for j in range(3)})) if k else (1,)
+  out = tuple(sorted({int(w) for w in widths}))
+  if not out or out[0] < 1 or out[-1] != k + 1:
+    raise ValueError(f"verify_widths must be positions in [1, K+1] that include K+1 = {k + 1}, "
+                     f"got {tuple(widths)}")
+  return out
 
 
 _NOISE_TABLE_MAX = 1 << 20  # N·(T+K)·V f32 elements per Gumbel table (4 MiB) drawn up front
@@ -324,10 +343,11 @@ def _put_columns(buf: jax.Array, cols: jax.Array, val: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "num_draft", "top_k",
                                              "top_p", "stop_tokens", "draft", "head",
-                                             "cache_dtype"))
+                                             "cache_dtype", "widths"))
 def _generate(params, draft_weights, head_params, prompt_tokens, prompt_mask, rng, temperature, *,
               config, max_new_tokens, num_draft, top_k, top_p, stop_tokens, draft, head,
-              cache_dtype):
+              cache_dtype, widths=None):
+  widths = widths or (num_draft + 1,)
   n, p = prompt_tokens.shape
   steps, k = max_new_tokens, num_draft
   v = config.vocab_size
@@ -466,8 +486,23 @@ def _generate(params, draft_weights, head_params, prompt_tokens, prompt_mask, rn
     last = jnp.take_along_axis(state.history, (p + length - 1)[:, None], axis=1)  # [N,1]
     verify = jnp.concatenate([last, xs], axis=1)  # [N,K+1]
     cache = {**state.cache, "index": p + length - 1}  # rollback: the row's logical length
-    logits, cache = transformer.forward(target_params, verify, config=config, cache=cache,
-                                        segment_ids=jnp.ones_like(verify))
+
+    def verify_pass(w: int):
+      """Forward of the first w positions; logits padded to [N,K+1,V] (the padding is read only
+      at positions past every row's draft: rejected, never the emitted y's law)."""
+      def run(cache):
+        x = verify[:, :w]
+        logits, cache = transformer.forward(target_params, x, config=config, cache=cache,
+                                            segment_ids=jnp.ones_like(x))
+        return jnp.pad(logits, ((0, 0), (0, k + 1 - w), (0, 0))), cache
+      return run
+
+    if len(widths) == 1:
+      logits, cache = verify_pass(widths[0])(cache)
+    else:  # the narrowest width that holds every live row's draft and its bonus position
+      need = jnp.max(jnp.where(live, dlen, 0)) + 1
+      branch = jnp.sum(jnp.asarray(widths[:-1]) < need)
+      logits, cache = jax.lax.switch(branch, [verify_pass(w) for w in widths], cache)
     scaled, filtered = process(logits)  # [N,K+1,V]
     probs = jax.nn.softmax(filtered, axis=-1)
     # Accept: exact rule (sampling) or argmax match (greedy), uniform of column length-1+i.
