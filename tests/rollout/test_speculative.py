@@ -317,14 +317,15 @@ def test_zero_draft_tokens_is_sample_bit_for_bit():
 
 @pytest.mark.parametrize("draft", ["ngram", "model"])
 def test_verify_widths_change_the_cost_not_the_tokens(draft):
-  # Default widths (2, 3, 5) at K = 4: rounds whose longest live draft is short run a narrower
-  # verify pass; (5,) always runs K+1 positions. Same keys -> the same tokens; the log-probs
-  # are the same target conditionals (different matmul shapes: f32 rounding only).
-  assert speculative_lib._verify_widths(4, None) == (2, 3, 5)
+  # 'auto' widths (2, 3, 5) at K = 4: rounds whose longest live draft is short run a narrower
+  # verify pass; the default (5,) always runs K+1 positions. Same keys -> the same tokens; the
+  # log-probs are the same target conditionals (different matmul shapes: f32 rounding only).
+  assert speculative_lib._verify_widths(4, "auto") == (2, 3, 5)
+  assert speculative_lib._verify_widths(4, None) == (5,)
   kw = dict(config=CONFIG, rng=jax.random.key(4), max_new_tokens=12, temperature=1.0,
             stop_tokens=(1,), draft=DRAFTS[draft], num_draft_tokens=4)
-  narrow, st = speculative_sample(PARAMS, PROMPTS, **kw)
-  wide, st_wide = speculative_sample(PARAMS, PROMPTS, verify_widths=(5,), **kw)
+  narrow, st = speculative_sample(PARAMS, PROMPTS, verify_widths="auto", **kw)
+  wide, st_wide = speculative_sample(PARAMS, PROMPTS, **kw)
   for field in ("tokens", "mask", "truncated"):
     np.testing.assert_array_equal(np.asarray(getattr(narrow, field)), np.asarray(getattr(wide, field)))
   np.testing.assert_allclose(np.asarray(narrow.logprobs), np.asarray(wide.logprobs), atol=1e-5)

@@ -241,7 +241,7 @@ def speculative_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: j
                        accept_head: tuple[Any, int] | None = None, stop_threshold: float = 0.3,
                        min_draft_tokens: int = 2,
                        prompt_sharding: jax.sharding.NamedSharding | None = None,
-                       verify_widths: Sequence[int] | None = None,
+                       verify_widths: Sequence[int] | str | None = None,
                        ) -> tuple[Rollout, SpeculativeStats]:
   """`sample`'s completions (same law, same contract), drafted by `draft` and verified K+1 at a time.
 
@@ -260,11 +260,14 @@ def speculative_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: j
     stop_threshold: SpecDec++ h: stop drafting once 1 − Π ĥ > h.
     min_draft_tokens: SpecDec++ K_min: never stop before this many drafted tokens.
     verify_widths: the verify pass's compiled widths (positions), one of which runs per round:
-      the smallest >= 1 + the longest live draft of the round. Default (None): 1 + ceil(K/2^j)
-      for j = 0, 1, 2 (K=8: 3, 5, 9), so short rounds (an adaptive SpecDec++ draft stopped
-      early, an n-gram draft with no match) do not pay for K+1 positions. (K+1,) = one width.
-      The law is unchanged (positions past a row's draft are never read); each width is one
-      more compiled forward of the target.
+      the smallest >= 1 + the longest live draft of the round, so short rounds (an adaptive
+      SpecDec++ draft stopped early, an n-gram draft with no match) need not pay for K+1
+      positions. Default (None): (K+1,), one width. "auto": 1 + ceil(K/2^j), j = 0, 1, 2
+      (K=8: 3, 5, 9). The law is unchanged (positions past a row's draft are never read); each
+      width is one more compiled forward of the target, and the lax.switch between them passes
+      both KV caches through an XLA conditional, which on CPU costs more than it saves at K=4
+      (runs/spec_models copy, 2 cores: n-gram 1.67x vs 1.54x at batch 1 but 1.08x vs 1.45x at
+      batch 8, model draft 1.06x vs 1.43x at batch 1): keep the default unless K_max is large.
 
   Returns:
     (Rollout [N,T] with the target's processed log-probs / entropies, SpeculativeStats).
@@ -311,6 +314,10 @@ def speculative_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: j
 def _verify_widths(k: int, widths: Sequence[int] | None) -> tuple[int, ...]:
   """The verify pass's widths (ascending, the last K+1); see speculative_sample."""
   if widths is None:
+    return (k + 1,)
+  if isinstance(widths, str):
+    if widths != "auto":
+      raise ValueError(f"verify_widths must be None, 'auto' or a tuple of widths, got {widths!r}")
     return tuple(sorted({1 + -(-k // 2 ** j) for j in range(3)})) if k else (1,)
   out = tuple(sorted({int(w) for w in widths}))
   if not out or out[0] < 1 or out[-1] != k + 1:
