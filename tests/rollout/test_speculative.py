@@ -32,7 +32,8 @@ DRAFT_CONFIG = models.tiny("qwen2", vocab_size=16, dim=16, num_layers=1, num_hea
                            num_kv_heads=1, mlp_dim=24, eos_ids=(1,), pad_id=0)
 DRAFT = ModelDraft(models.init_params(DRAFT_CONFIG, jax.random.key(7)), DRAFT_CONFIG)
 PROMPTS = [[5, 6, 7], [8, 9], [3, 4, 5, 6, 7, 8]]
-DRAFTS = {"model": DRAFT, "layers": LayerDraft(1), "ngram": NGramDraft(3)}
+DRAFTS = {"model": DRAFT, "layers": LayerDraft(1), "ngram": NGramDraft(3),
+          "ngram_loop": NGramDraft(3, span=False)}
 
 
 def _chi_square_pvalue(counts: np.ndarray, law: np.ndarray) -> float:
@@ -185,6 +186,28 @@ def test_ngram_proposes_the_most_recent_continuation():
   token, found = ngram_propose(hist, mask, end, n=3)
   np.testing.assert_array_equal(np.asarray(found), [True, True, False])
   np.testing.assert_array_equal(np.asarray(token)[:2], [7, 8])
+
+
+def test_ngram_span_is_the_continuation_of_the_earliest_match_cut_at_the_end():
+  # transformers' prompt lookup: the earliest occurrence of the last 2 (else 1) tokens that has
+  # a continuation, and the K tokens after it, cut at the sequence's end.
+  hist = jnp.asarray([[4, 5, 6, 9, 4, 5, 7, 4, 5, 0, 0],   # "4 5" first at slots 0-1: 6 9 4 5
+                      [1, 2, 3, 8, 3, 0, 0, 0, 0, 0, 0],   # no earlier "8 3"; "3" at 2: 8 3, end
+                      [1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0],   # no earlier "4": nothing
+                      [7, 1, 2, 3, 9, 9, 1, 2, 0, 0, 0],   # "1 2" at slots 1-2: 3 9 9 (end)
+                      [3, 1, 3, 5, 0, 0, 0, 0, 0, 0, 0]])  # "3" at slot 0: 1 3, then end
+  end = jnp.asarray([9, 5, 4, 8, 3])
+  mask = jnp.arange(11)[None, :] < end[:, None]
+  tokens, count = NGramDraft(3).propose_span(hist, mask, end, 4)
+  np.testing.assert_array_equal(np.asarray(count), [4, 2, 0, 4, 2])
+  np.testing.assert_array_equal(np.asarray(tokens)[0], [6, 9, 4, 5])
+  np.testing.assert_array_equal(np.asarray(tokens)[1, :2], [8, 3])
+  np.testing.assert_array_equal(np.asarray(tokens)[3], [3, 9, 9, 1])
+  np.testing.assert_array_equal(np.asarray(tokens)[4, :2], [1, 3])
+  # The per-step rule takes the most recent occurrence instead.
+  first, found = ngram_propose(hist, mask, end, n=3)
+  np.testing.assert_array_equal(np.asarray(found), np.asarray(count) > 0)
+  np.testing.assert_array_equal(np.asarray(first)[[0, 1, 3, 4]], [7, 8, 3, 1])
 
 
 # ----------------------------------------------------------------------------- the engine

@@ -208,19 +208,43 @@ class LayerDraft:
 class NGramDraft:
   """Prompt-lookup drafting (no second model).
 
-  Proposes the token that followed the most recent earlier occurrence of the sequence's last
-  n-1 tokens, falling back to the last n-2, …, 1 tokens; a row with no occurrence stops
-  drafting. The draft law q is one-hot on the proposal (logits 0 there, -inf elsewhere), which
-  temperature, top-k and top-p leave one-hot, so the exact acceptance rule stays lossless: the
-  proposal is accepted with probability p(proposal).
+  Finds an earlier occurrence of the sequence's last n-1 tokens (falling back to the last
+  n-2, …, 1 tokens); a row with no occurrence drafts nothing this round.
+  span=True (default; the rule of transformers' PromptLookupCandidateGenerator, whose
+  max_matching_ngram_size is our n-1): the EARLIEST occurrence with a continuation, and the
+  whole draft is the K tokens that followed it, cut where they reach the end of the sequence,
+  taken in one gather (`propose_span`, no draft loop). span=False: the MOST RECENT occurrence,
+  one token per draft step, each looked up again with the tokens drafted so far appended (the
+  engine's per-step loop: it can continue a periodic pattern past the sequence's end, at K
+  loop trips per round). Earliest suits text copied from the prompt (a completion's first
+  token recurring later in the prompt does not derail it); most recent suits text repeating
+  what was just generated.
+  The draft law q is one-hot on each proposal, which temperature, top-k and top-p leave
+  one-hot, so the exact acceptance rule stays lossless: a proposal is accepted with
+  probability p(proposal).
   """
 
   n: int = 3
+  span: bool = True
   exposes_hidden = False
 
   def check(self, config: ModelConfig) -> None:
     if not isinstance(self.n, int) or self.n < 2:
       raise ValueError(f"NGramDraft n must be an int >= 2 (match the last n-1 tokens), got {self.n!r}")
+
+  @property
+  def proposes_span(self) -> bool:
+    return bool(self.span)
+
+  def propose_span(self, history: jax.Array, mask: jax.Array, end: jax.Array,
+                   k: int) -> tuple[jax.Array, jax.Array]:
+    """(tokens int32 [N,K], count int32 [N]): the K tokens after the match, the first `count`
+    of them real (count = 0 without a match; the rest of a row is padding)."""
+    j, found = ngram_match(history, mask, end, n=self.n, earliest=True)
+    cols = j[:, None] + 1 + jnp.arange(k)[None, :]  # [N,K] slots after the match
+    tokens = jnp.take_along_axis(history, jnp.clip(cols, 0, history.shape[1] - 1), axis=1)
+    count = jnp.where(found, jnp.clip(end - j - 1, 0, k), 0)
+    return tokens.astype(jnp.int32), count.astype(jnp.int32)
 
   def weights(self) -> Any:
     return None
@@ -244,13 +268,24 @@ def ngram_propose(history: jax.Array, mask: jax.Array, end: jax.Array, *,
   """(token int32 [N], found bool [N]): the prompt-lookup proposal for sequences history[:, :end].
 
   history int32 [N,C], mask bool [N,C] (real tokens), end int32 [N] (the sequence is the real
-  slots < end). For m = n-1 down to 1, the longest m with a match wins: a match is a j with
-  j + 1 < end and history[j-m+1..j] == history[end-m..end-1], all real; the proposal is
-  history[j + 1] for the largest such j (the most recent occurrence). O(n·C) per row.
+  slots < end). The proposal is history[j + 1] for the match j of `ngram_match`.
+  """
+  j, found = ngram_match(history, mask, end, n=n)
+  token = jnp.take_along_axis(history, jnp.clip(j + 1, 0, history.shape[1] - 1)[:, None], axis=1)
+  return jnp.where(found, token[:, 0], 0).astype(jnp.int32), found
+
+
+def ngram_match(history: jax.Array, mask: jax.Array, end: jax.Array, *, n: int,
+                earliest: bool = False) -> tuple[jax.Array, jax.Array]:
+  """(j int32 [N], found bool [N]): where the sequence history[:, :end]'s suffix occurred before.
+
+  For m = n-1 down to 1, the longest m with a match wins: a match is a j with j + 1 < end and
+  history[j-m+1..j] == history[end-m..end-1], all real; j is the largest such (the most recent
+  occurrence), or the smallest with earliest=True. O(n·C) per row.
   """
   rows, c = history.shape
   slots = jnp.arange(c)[None, :]
-  token = jnp.zeros((rows,), jnp.int32)
+  best = jnp.zeros((rows,), jnp.int32)
   found = jnp.zeros((rows,), bool)
   take = lambda a, i: jnp.take_along_axis(a, jnp.clip(i, 0, c - 1)[:, None], axis=1)[:, 0]
   for m in range(n - 1, 0, -1):  # longest suffix first: the first found m wins
@@ -265,8 +300,10 @@ def ngram_propose(history: jax.Array, mask: jax.Array, end: jax.Array, *,
       match = match & shifted_mask & (shifted == want[:, None])
     match = match & suffix_ok[:, None]
     has = jnp.any(match, axis=1)
-    j = jnp.max(jnp.where(match, slots, -1), axis=1)
-    new = has & ~found
-    token = jnp.where(new, take(history, j + 1), token)
+    if earliest:
+      j = jnp.min(jnp.where(match, slots, c), axis=1)
+    else:
+      j = jnp.max(jnp.where(match, slots, -1), axis=1)
+    best = jnp.where(has & ~found, j, best)
     found = found | has
-  return token.astype(jnp.int32), found
+  return best.astype(jnp.int32), found

@@ -429,6 +429,18 @@ def _generate(params, draft_weights, head_params, prompt_tokens, prompt_mask, rn
     length, history = state.length, state.history
     # All accepted drafts + the bonus must fit: at most T - length - 1 drafts are useful.
     room = jnp.clip(steps - length - 1, 0, k)
+    if getattr(draft, "proposes_span", False):
+      # A deterministic span draft (prompt lookup): all K tokens in one gather, no draft loop.
+      # q is one-hot on each proposal (what the per-step path computes for it, exactly).
+      end = p + length
+      xs, count = draft.propose_span(history, real & (slot_ids < end[:, None]), end, k)
+      jj = jnp.arange(k)[None, :]
+      is_stop = jnp.isin(xs, stops) & (jj < count[:, None])
+      count = jnp.where(jnp.any(is_stop, axis=1), jnp.argmax(is_stop, axis=1) + 1, count)
+      dlen = jnp.where(live, jnp.minimum(count, room), 0)
+      xs = jnp.where(jj < dlen[:, None], xs, config.pad_id)
+      qs = jax.nn.one_hot(xs, v, dtype=jnp.float32) * (jj < dlen[:, None])[..., None]
+      return xs, qs, dlen, state.draft
 
     def propose(dstate, history, tokens, index, s, cont, p_acc):
       """One draft step for candidate s (1-based): feed `tokens` at `index`, draw x̃_s."""
