@@ -14,7 +14,8 @@ top-k / top-p off (the RL setting), stop at EOS.
 
 Methods, every one timed on the same prompts and keys, one after the other in this process:
   sample               tokenrl.rollout.sample (the baseline)
-  exact/ngram K        speculative_sample with NGramDraft(3) (prompt lookup, no second model)
+  exact/ngram K        speculative_sample with NGramDraft(3) (prompt lookup, no second model:
+                       transformers' rule, the K tokens after the earliest match, one gather)
   exact/model K        speculative_sample with ModelDraft (the 2-layer draft)
   exact/layers K       speculative_sample with LayerDraft(2) (the target's first 2 layers)
   del                  del_sample (dynamic exit layer self-speculation)
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -44,7 +46,7 @@ import speculative_models  # noqa: E402
 RESULTS = os.path.join(common.REPO, "benchmarks", "results")
 
 
-def _methods(draft_params, draft_config, ks, head):
+def _methods(draft_params, draft_config, ks, head, specdec):
   """(name, draft, K, lossless, extra kwargs) of every timed method."""
   from tokenrl.rollout.drafts import LayerDraft, ModelDraft, NGramDraft
   model = ModelDraft(draft_params, draft_config)
@@ -53,8 +55,9 @@ def _methods(draft_params, draft_config, ks, head):
     out.append((f"exact/ngram K={k}", NGramDraft(3), k, True, {}))
   for k in ks:
     out.append((f"exact/model K={k}", model, k, True, {}))
-  out.append((f"specdec_pp/model K<={2 * ks[-1]}", model, 2 * ks[-1], True,
-              dict(accept_head=head, stop_threshold=0.7, min_draft_tokens=2)))
+  for kmax, h in specdec:  # SpecDec++ K_max and stop threshold h (spec §3: h is swept)
+    out.append((f"specdec_pp/model K<={kmax} h={h}", model, kmax, True,
+                dict(accept_head=head, stop_threshold=h, min_draft_tokens=2)))
   out.append((f"spectr/model k=4 K={ks[0]}", "spectr", ks[0], True,
               dict(draft=model, num_drafts=4)))
   out.append((f"exact/layers K={ks[-1]}", LayerDraft(2), ks[-1], True, {}))
@@ -156,6 +159,11 @@ def main() -> None:
   ap.add_argument("--prompts1", type=int, default=8, help="prompts timed one by one at batch 1")
   ap.add_argument("--work", default=os.path.join(common.REPO, "runs", "spec_models"))
   ap.add_argument("--threads", type=int, default=2)
+  ap.add_argument("--specdec", default="", help="SpecDec++ settings 'K_max:h,...' "
+                  "(default: 2*max(ks):0.7)")
+  ap.add_argument("--methods", default="", help="regex: time only these methods (and sample); "
+                  "writes speculative_<task>_<tag>.json")
+  ap.add_argument("--tag", default="subset")
   a = ap.parse_args()
   common.pin_threads(a.threads)
   load_before = os.getloadavg()
@@ -171,9 +179,13 @@ def main() -> None:
   batches = [int(b) for b in a.batches.split(",")]
   seeds = [int(s) for s in a.seeds.split(",")]
   ks = [int(k) for k in a.ks.split(",")]
+  specdec = [(int(x.split(":")[0]), float(x.split(":")[1])) for x in a.specdec.split(",")] if \
+      a.specdec else [(2 * ks[-1], 0.7)]
   from tokenrl.train.specdec_pp import load_accept_head
   head_params, head_info = load_accept_head(workdirs["head"])
-  methods = _methods(dparams, drun.model, ks, (head_params, int(head_info["num_blocks"])))
+  methods = _methods(dparams, drun.model, ks, (head_params, int(head_info["num_blocks"])), specdec)
+  if a.methods:  # a subset (the baseline always runs): results go to a file of their own
+    methods = [m for m in methods if m[0] == "sample" or re.search(a.methods, m[0])]
   rows, raw = [], {}
   for name, draft, k, lossless, extra in methods:
     raw[name] = {}
@@ -216,9 +228,10 @@ def main() -> None:
             "models": {"target_accuracy": json.load(open(os.path.join(workdirs["target"], "summary.json")))["final_accuracy"],
                        "draft_accuracy": json.load(open(os.path.join(workdirs["draft"], "summary.json")))["final_accuracy"]}}
   os.makedirs(RESULTS, exist_ok=True)
-  with open(os.path.join(RESULTS, f"speculative_{a.task}.json"), "w") as f:
+  name = f"speculative_{a.task}" + (f"_{a.tag}" if a.methods else "")
+  with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
     json.dump(result, f, indent=1)
-  _plot(result, os.path.join(RESULTS, f"speculative_{a.task}.png"))
+  _plot(result, os.path.join(RESULTS, f"{name}.png"))
   print(common.table(header, rows))
 
 
