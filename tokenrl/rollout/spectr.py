@@ -158,8 +158,9 @@ def spectr_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Ar
       stop_tokens=stop_tokens, cache_dtype=cache_dtype)
   tokens, mask, rng, temp = place_rows(prompt_sharding, tokens, mask, rng, temperature)
   rollout, counts, diag, rounds = _generate(
-      params, draft.weights(), tokens, mask, rng, temp, config=config, max_new_tokens=max_new_tokens,
-      num_drafts=num_drafts, num_draft=num_draft_tokens, top_k=int(top_k), top_p=float(top_p),
+      params, draft.weights(), tokens, mask, rng, temp, config=config,
+      max_new_tokens=max_new_tokens, num_drafts=num_drafts, num_draft=num_draft_tokens,
+      top_k=int(top_k), top_p=float(top_p),
       stop_tokens=stops, draft=draft, cache_dtype=dtype)
   row_rounds, drafted, accepted, emitted, positions, hits = (
       int(x) for x in np.asarray(counts).sum(axis=1))

@@ -11,7 +11,8 @@ exactly as `sample` draws it, then a `lax.while_loop` of rounds. A round
 
   1. drafts up to K tokens x̃_1..x̃_K with their processed draft laws q_1..q_K (an inner
      while_loop; a row stops drafting at K, at a stop token, when the draft has no proposal,
-     when the completion has no room left, or by the SpecDec++ rule);
+     when the completion has no room left, or by the SpecDec++ rule; a span draft, prompt
+     lookup, gives all K at once with one-hot q and no loop);
   2. runs ONE target forward on [last, x̃_1..x̃_K] (K+1 positions at each row's cache index),
      giving the processed target laws p_1..p_{K+1};
   3. accepts the leading n drafts with u_i·q_i(x̃_i) <= p_i(x̃_i) and emits x̃_1..x̃_n, y with
@@ -299,8 +300,9 @@ def speculative_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: j
   widths = _verify_widths(num_draft_tokens, verify_widths)
   tokens, mask, rng, temp = place_rows(prompt_sharding, tokens, mask, rng, temperature)
   rollout, counts, rounds = _generate(
-      params, draft.weights(), head_params, tokens, mask, rng, temp, config=config, max_new_tokens=max_new_tokens,
-      num_draft=num_draft_tokens, top_k=int(top_k), top_p=float(top_p), stop_tokens=stops,
+      params, draft.weights(), head_params, tokens, mask, rng, temp, config=config,
+      max_new_tokens=max_new_tokens, num_draft=num_draft_tokens, top_k=int(top_k),
+      top_p=float(top_p), stop_tokens=stops,
       draft=draft, head=head, cache_dtype=dtype, widths=widths)
   row_rounds, drafted, accepted, emitted = (int(x) for x in np.asarray(counts).sum(axis=1))
   stats = SpeculativeStats(
@@ -311,7 +313,7 @@ def speculative_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: j
   return rollout, stats
 
 
-def _verify_widths(k: int, widths: Sequence[int] | None) -> tuple[int, ...]:
+def _verify_widths(k: int, widths: Sequence[int] | str | None) -> tuple[int, ...]:
   """The verify pass's widths (ascending, the last K+1); see speculative_sample."""
   if widths is None:
     return (k + 1,)
