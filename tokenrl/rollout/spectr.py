@@ -58,12 +58,16 @@ from tokenrl.rollout.multidraft import (kseq_acceptance, optimal_multidraft_acce
                                         spectr_verify, spectr_verify_greedy)
 from tokenrl.rollout.sampler import place_rows, prepare_rows
 from tokenrl.rollout.sampling import choose_tokens, log_probs_and_entropy, process_logits
+# The shared rules of the single-draft engine (the name _per_layer_cache is bound here so a test
+# can patch this module's layout choice alone).
+from tokenrl.rollout.speculative import SpeculativeStats, _log, _num_accepted, _per_layer_cache
 from tokenrl.types import Rollout
 
 
 @dataclasses.dataclass(frozen=True)
-class SpectrStats:
-  """Counters of one `spectr_sample` call (host numbers; a row counts while it is live).
+class SpectrStats(SpeculativeStats):
+  """Counters of one `spectr_sample` call (host numbers; a row counts while it is live): the
+  fields of `SpeculativeStats`, read for L-deep drafts, plus the depth-1 diagnostics.
 
   rounds           verify passes (while_loop trips).
   row_rounds       Σ over rows of the rounds the row took part in.
@@ -84,14 +88,6 @@ class SpectrStats:
   exact match).
   """
 
-  rounds: int
-  row_rounds: int
-  drafted: int
-  accepted: int
-  emitted: int
-  acceptance_rate: float
-  mean_accepted: float
-  tokens_per_round: float
   depth1_positions: int
   depth1_acceptance: float
   optimal_acceptance: float
@@ -177,11 +173,6 @@ def spectr_sample(params: Any, prompts: Any, *, config: ModelConfig, rng: jax.Ar
   return rollout, stats
 
 
-def _per_layer_cache(config: ModelConfig) -> bool:
-  """`sample`'s layout: per-layer cache and split weights on CPU, stacked elsewhere."""
-  return jax.default_backend() == "cpu" and config.attention == "full"
-
-
 def _take_rows(tree: Any, src: jax.Array, rows: int) -> Any:
   """tree with its row axis gathered: row j of the result is row src[j] (src int32 [R']).
 
@@ -205,17 +196,6 @@ def _take_rows(tree: Any, src: jax.Array, rows: int) -> Any:
   if hasattr(tree, "shape") and tree.ndim >= 1 and tree.shape[0] == rows:
     return jnp.take(tree, src, axis=0)
   return tree
-
-
-def _num_accepted(accept: jax.Array, draft_len: jax.Array) -> jax.Array:
-  """n int32 [N] = Σ_i Π_{j<=i} accept_j over accept bool [N,L]; positions >= draft_len reject."""
-  in_draft = jnp.arange(accept.shape[1])[None, :] < draft_len[:, None]
-  return jnp.sum(jnp.cumprod((accept & in_draft).astype(jnp.int32), axis=1), axis=1)
-
-
-def _log(x: jax.Array) -> jax.Array:
-  """log x with exact -inf at 0 (categorical logits of an unnormalized law)."""
-  return jnp.where(x > 0, jnp.log(jnp.where(x > 0, x, 1.0)), -jnp.inf)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "num_drafts",
