@@ -14,7 +14,7 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
 ARGS = {"quickstart.py": [None, "smoke"], "qwen3_8b_v5e64.py": ["", "/models/x"],
         "qwen2_5_1_5b_8gpu.py": ["", "/models/x"], "preference_quickstart.py": [None, "smoke"],
         "palace.py": [None, "smoke", "shared", "smoke,shared"], "specdec_pp.py": [None, "smoke"],
-        "early_exit.py": [None, "smoke"]}
+        "early_exit.py": [None, "smoke"], "arith_cot.py": [None, "smoke"]}
 
 
 def _load(path):

@@ -41,7 +41,8 @@ def model_config() -> ml_collections.ConfigDict:
 
 def data_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.task = "arith"          # arith | sort | countdown (embedded) | gsm8k (TFDS) | jsonl
+  c.task = "arith"          # embedded (tokenrl/data/tasks.py): arith | sort | copy | countdown |
+                            # hidden_length | arith_cot; gsm8k (TFDS) | jsonl
   c.tiers = ""              # task difficulty, e.g. 'add:1-2,sub:1-2' ("" = the task's default)
   c.jsonl_path = ""         # {prompt, answer} lines when task = 'jsonl'
   c.preference_jsonl_path = ""  # {prompt, chosen, rejected} lines; "" = embedded pairs of task

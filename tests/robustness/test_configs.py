@@ -26,7 +26,7 @@ BAD = [
     ("model.num_heads", 256, r"a divisor of model.dim=32"),
     ("model.num_kv_heads", 3, r"a divisor of model.num_heads=4"),
     ("rewards.timeout_s", 0.0, r"a finite number of seconds > 0"),
-    ("data.task", "nope", r"one of \['arith', 'copy', 'countdown', 'hidden_length', 'sort', 'gsm8k', 'jsonl'\]"),
+    ("data.task", "nope", r"one of \['arith', 'arith_cot', 'copy', 'countdown', 'hidden_length', 'sort', 'gsm8k', 'jsonl'\]"),
     ("sampler.max_new_tokens", 0, r"an integer >= 1"),
     ("sampler.top_k", -3, r"an integer >= 0"),
     ("data.eval_size", 0, r"an integer >= 1"),

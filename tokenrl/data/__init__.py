@@ -6,7 +6,7 @@ processes (which import this package) do not pull in grain, tfds or jax.
   tokenizers  Tokenizer, CharTokenizer, HFTokenizer, load_tokenizer
   prompts     left_pad, bucket_length, tokenize_prompts, decode_completions
   tasks       TASKS, Task, get_task, make_examples
-              (arith, sort, copy, countdown, hidden_length)
+              (arith, sort, copy, countdown, hidden_length, arith_cot)
   pipelines   load_examples, default_reward_name, make_dataset (grain), read_jsonl, write_jsonl,
               prepare_task_dataset, task_source, gsm8k_source, prepare_gsm8k (tfds)
   rewards     REWARD_FNS, exact_answer_reward, math_answer_reward, format_reward,

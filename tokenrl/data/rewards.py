@@ -42,6 +42,7 @@ from typing import Any, Callable, Mapping
 
 from tokenrl.data import expr_parser
 from tokenrl.data import palace
+from tokenrl.data import task_arith_cot
 
 RewardFn = Callable[[str, Mapping[str, Any]], float]
 
@@ -191,8 +192,14 @@ def countdown_reward(completion: str, example: Mapping[str, Any]) -> float:
   exactly once and equals example['target']; else 0.0.
 
   Text after a first '=' (e.g. '3*5+7=22') is ignored. Parsed by `expr_parser` (no eval).
+  Worked countdown (tiers 'cot:1', the reference answer holds a '#'): the expression is the
+  text after the completion's last '#' (`task_arith_cot.final_answer`); no '#' scores 0.
   """
   numbers, target = example["numbers"], int(example["target"])
+  if task_arith_cot.THINK_END in str(example.get("answer", "")):
+    completion = task_arith_cot.final_answer(completion)
+    if completion is None:
+      return 0.0
   expr = completion.strip().split("=", 1)[0]
   try:
     parsed = expr_parser.parse_int_expression(expr)
@@ -237,6 +244,7 @@ TASK_VERIFIERS: dict[str, RewardFn] = {
     "countdown": countdown_reward,
     "gsm8k": math_answer_reward,
     "hidden_length": palace.count_threshold_reward,
+    "arith_cot": task_arith_cot.final_answer_reward,
 }
 
 

@@ -8,6 +8,15 @@ in expr_parser.py; nothing is evaluated as code).
 
 Tiers: 'nums:3-4,vals:1-9,target:1-99' = how many numbers, their value range, the target range
 (missing keys take the defaults of DEFAULT_TIERS).
+
+Worked variant, 'cot:1' (issue 16; default 0): the answer is the reference expression worked
+out one operation per line, innermost first, then task_arith_cot's THINK_END '#' and the
+expression: 'make 22 from 7 3 5=' -> '3*5=15\n15+7=22\n#3*5+7'. A negative operand of a step is
+parenthesized ('(-4)*5=-20'). The steps follow the generating expression tree, so they may group
+terms differently from the printed expression, which drops redundant parentheses ('3+1+5-4' is
+worked '1+5=6', '6-4=2', '3+2=5'). The verifier then checks the expression after the last '#' (no
+'#' scores 0); the steps themselves are not scored. The problems are those of 'cot:0' (same
+seed, same draws): only the answer text changes. No reflection steps in this variant.
 """
 from __future__ import annotations
 
@@ -16,15 +25,17 @@ from typing import Any
 import numpy as np
 
 from tokenrl.data import task_common
+from tokenrl.data.task_arith_cot import THINK_END
 
 NAME = "countdown"
 DEFAULT_TIERS = "nums:3,vals:1-9,target:1-50"
-_ALLOWED = {"nums": (2, 6), "vals": (0, 1000), "target": (-10**6, 10**6)}
+_ALLOWED = {"nums": (2, 6), "vals": (0, 1000), "target": (-10**6, 10**6), "cot": (0, 1)}
 _PREC = {"+": 1, "-": 1, "*": 2}
 
 
 def _tiers(spec: str) -> dict[str, tuple[int, int]]:
   out = {k: (lo, hi) for k, lo, hi in task_common.parse_tiers(DEFAULT_TIERS, allowed=_ALLOWED)}
+  out["cot"] = (0, 0)
   seen = set()
   for k, lo, hi in task_common.parse_tiers(spec, allowed=_ALLOWED):
     if k in seen:
@@ -34,13 +45,17 @@ def _tiers(spec: str) -> dict[str, tuple[int, int]]:
   return out
 
 
-def _build(rng: np.random.Generator, nums: list[int]) -> tuple[int, str, int]:
-  """Random expression over `nums` (in order) -> (value, text, precedence of the top op)."""
+def _build(rng: np.random.Generator, nums: list[int],
+           steps: list[str] | None = None) -> tuple[int, str, int]:
+  """Random expression over `nums` (in order) -> (value, text, precedence of the top op).
+
+  With `steps`, appends one 'x<op>y=z' line per operation, children before parents.
+  """
   if len(nums) == 1:
     return nums[0], str(nums[0]), 3
   cut = int(rng.integers(1, len(nums)))
-  lv, ls, lp = _build(rng, nums[:cut])
-  rv, rs, rp = _build(rng, nums[cut:])
+  lv, ls, lp = _build(rng, nums[:cut], steps)
+  rv, rs, rp = _build(rng, nums[cut:], steps)
   op = "+-*"[int(rng.integers(3))]
   p = _PREC[op]
   # Parenthesize a child that binds looser than `op`, and a '+'/'-' right child of '-'.
@@ -49,7 +64,13 @@ def _build(rng: np.random.Generator, nums: list[int]) -> tuple[int, str, int]:
   if rp < p or (op == "-" and rp == p):
     rs = f"({rs})"
   value = lv + rv if op == "+" else lv - rv if op == "-" else lv * rv
+  if steps is not None:
+    steps.append(f"{_operand(lv)}{op}{_operand(rv)}={value}")
   return value, f"{ls}{op}{rs}", p
+
+
+def _operand(v: int) -> str:
+  return str(v) if v >= 0 else f"({v})"
 
 
 def make_examples(split: str, n: int, seed: int, *, tiers: str = DEFAULT_TIERS,
@@ -59,19 +80,27 @@ def make_examples(split: str, n: int, seed: int, *, tiers: str = DEFAULT_TIERS,
 
   Returns:
     [{'prompt': 'make 22 from 7 3 5=', 'answer': '3*5+7', 'task': 'countdown',
-      'numbers': [7, 3, 5], 'target': 22}].
+      'numbers': [7, 3, 5], 'target': 22}]; with 'cot:1' the answer is the worked trace
+    '3*5=15\\n15+7=22\\n#3*5+7' and 'expression' holds '3*5+7'.
   """
   t = _tiers(tiers)
   (nlo, nhi), (vlo, vhi), (tlo, thi) = t["nums"], t["vals"], t["target"]
+  if t["cot"][0] != t["cot"][1]:
+    raise ValueError(f"tiers: 'cot' takes one value, 'cot:0' or 'cot:1', in {tiers!r}")
+  worked = t["cot"][0] == 1
 
   def draw(rng: np.random.Generator) -> dict[str, Any]:
     for _ in range(10_000):
       numbers = [int(v) for v in rng.integers(vlo, vhi + 1, size=int(rng.integers(nlo, nhi + 1)))]
       order = [numbers[i] for i in rng.permutation(len(numbers))]
-      target, text, _ = _build(rng, order)
+      steps: list[str] = []
+      target, text, _ = _build(rng, order, steps)
       if tlo <= target <= thi:
-        return {"prompt": f"make {target} from {' '.join(map(str, numbers))}=",
-                "answer": text, "task": NAME, "numbers": numbers, "target": target}
+        ex = {"prompt": f"make {target} from {' '.join(map(str, numbers))}=",
+              "answer": text, "task": NAME, "numbers": numbers, "target": target}
+        if worked:
+          ex.update(answer="\n".join(steps + [THINK_END + text]), expression=text)
+        return ex
     raise ValueError(f"countdown: tiers {tiers!r} almost never give a target in [{tlo}, {thi}]")
 
   return task_common.sample_split(draw, task=NAME, split=split, n=n, seed=seed,
