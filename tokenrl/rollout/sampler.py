@@ -35,12 +35,18 @@ class DecodeContext:
   aux    pytree       `sample(..., processor_state=...)`: traced values the processor reads
                       (e.g. statistics that change every RL step), so changing them does not
                       recompile the decode loop; None when not given.
+  temperature f32 []  the divisor already applied to the logits (1 when greedy), so a control
+                      defined on raw logits adds bias / temperature.
+  hidden f32 [N,D]    the final-normed hidden state the logits were unembedded from (inputs
+                      of predictor heads, e.g. budget guidance's length predictor).
   """
 
   step: jax.Array
   tokens: jax.Array
   done: jax.Array
   aux: Any = None
+  temperature: Any = None
+  hidden: Any = None
 
 
 # (logits f32 [N,V] after temperature, context) -> logits f32 [N,V]. Must be a pure, hashable
@@ -283,16 +289,19 @@ def _generate(params, prompt_tokens, prompt_mask, rng, temperature, aux, *, conf
   # materialize an f32 [N,P,V] buffer (GBs for real vocabularies).
   hidden, cache = transformer.forward(params, prompt_tokens, config=config,
                                       segment_ids=prompt_mask, cache=cache, return_hidden=True)
-  logits = transformer.unembed(params, hidden[:, -1:], config=config)
+  hidden = hidden[:, -1]  # [N,D]
+  logits = transformer.unembed(params, hidden[:, None], config=config)[:, 0]
   row_keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(n))
   greedy = temperature <= 0
   stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
 
-  def choose(state: SamplerState, logits: jax.Array) -> SamplerState:
+  def choose(state: SamplerState, logits: jax.Array, hidden: jax.Array) -> SamplerState:
     t = state.step
-    scaled = logits.astype(jnp.float32) / jnp.where(greedy, 1.0, temperature)
+    divisor = jnp.where(greedy, 1.0, temperature).astype(jnp.float32)
+    scaled = logits.astype(jnp.float32) / divisor
     if logit_processor is not None:
-      scaled = logit_processor(scaled, DecodeContext(t, state.tokens, state.done, aux))
+      scaled = logit_processor(scaled, DecodeContext(t, state.tokens, state.done, aux, divisor,
+                                                     hidden.astype(jnp.float32)))
     keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(row_keys)
     token, logp, ent = choose_tokens(scaled, keys, greedy=greedy, top_k=top_k, top_p=top_p)
     live = ~state.done
@@ -310,16 +319,17 @@ def _generate(params, prompt_tokens, prompt_mask, rng, temperature, aux, *, conf
       tokens=jnp.full((n, steps), config.pad_id, jnp.int32), mask=jnp.zeros((n, steps), jnp.int32),
       logprobs=jnp.zeros((n, steps), jnp.float32), entropy=jnp.zeros((n, steps), jnp.float32),
       done=jnp.zeros((n,), bool))
-  state = choose(state, logits[:, -1])
+  state = choose(state, logits, hidden)
 
   def cond(state: SamplerState) -> jax.Array:
     return (state.step < steps) & ~jnp.all(state.done)
 
   def body(state: SamplerState) -> SamplerState:
     last = jax.lax.dynamic_index_in_dim(state.tokens, state.step - 1, axis=1)  # [N,1]
-    logits, cache = transformer.forward(params, last, config=config, cache=state.cache,
-                                        segment_ids=jnp.ones_like(last))
-    return choose(dataclasses.replace(state, cache=cache), logits[:, -1])
+    hidden, cache = transformer.forward(params, last, config=config, cache=state.cache,
+                                        segment_ids=jnp.ones_like(last), return_hidden=True)
+    logits = transformer.unembed(params, hidden, config=config)
+    return choose(dataclasses.replace(state, cache=cache), logits[:, -1], hidden[:, -1])
 
   state = jax.lax.while_loop(cond, body, state)
   return Rollout(tokens=state.tokens, mask=state.mask, logprobs=state.logprobs,
