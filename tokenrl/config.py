@@ -63,6 +63,29 @@ def sampler_config() -> ml_collections.ConfigDict:
   c.top_k = 0               # 0 = off
   c.top_p = 1.0             # 1.0 = off
   c.speculative = speculative_config()
+  c.control = control_config()
+  return c
+
+
+CONTROL_METHODS = ("none", "cyclic_reflex", "budget")
+
+
+def control_config() -> ml_collections.ConfigDict:
+  """Test-time logit controls (docs: README "Test-time control"; spec decoding-and-test-time §9,
+  §14). They change the sampled law: evaluation and sampling by default; an RL run that enables
+  one samples from the controlled law (its log-probs are of that law, so the update is on-policy
+  for it, not for the plain policy)."""
+  c = ml_collections.ConfigDict()
+  c.method = 'none'         # none | cyclic_reflex | budget
+  c.think_end = '#'         # the end-of-thinking string (one token); controls stop after it
+  c.reflection = '?'        # cyclic_reflex: comma-separated reflection strings (one token each)
+  c.amplitude = 3.0         # cyclic_reflex: A, logits (raw, before the temperature)
+  c.period = 100            # cyclic_reflex: T, generated tokens per cycle
+  c.shift = 0.0             # cyclic_reflex: phase shift s, fraction of a period
+  c.newline = '\n'          # budget: guidance fires on the first token after this string
+  c.budget = 0              # budget: thinking tokens allowed (<= 0: unguided)
+  c.head = ''               # budget: the remaining-length head (safetensors file from
+                            # `tokenrl budget-head`)
   return c
 
 

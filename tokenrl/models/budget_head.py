@@ -88,3 +88,33 @@ def budget_head_loss(head: dict[str, Any], hidden: jax.Array, tokens: jax.Array,
   z = jnp.log(jnp.maximum(remaining, 1).astype(jnp.float32) + 1.0)
   nll = jnp.where(valid, gamma_nll(a, r, z), 0.0)
   return nll.sum() / jnp.maximum(valid.sum(), 1)
+
+
+HEAD_KEYS = ("w_alpha", "b_alpha", "w_rate", "b_rate")
+
+
+def save_budget_head(path: str, head: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+  """One safetensors file with the four tensors (and string metadata, e.g. the think-end id)."""
+  from tokenrl.models import safetensors_io
+  safetensors_io.save_tensors(path, {k: np.asarray(head[k], np.float32) for k in HEAD_KEYS},
+                              metadata=metadata)
+
+
+def load_budget_head(path: str, *, dim: int | None = None,
+                     vocab_size: int | None = None) -> dict[str, jax.Array]:
+  """The head saved by `save_budget_head`; with dim / vocab_size, a mismatch with the policy is
+  an error naming the file, the tensor and both shapes."""
+  from tokenrl.models import safetensors_io
+  tensors = safetensors_io.load_tensors(path)
+  missing = [k for k in HEAD_KEYS if k not in tensors]
+  if missing:
+    raise ValueError(f"{path}: not a budget head (missing tensors {missing}; it has "
+                     f"{sorted(tensors)}); write one with `tokenrl budget-head`")
+  d, v = tensors["w_alpha"].shape
+  for name, want in (("w_alpha", (d, v)), ("w_rate", (d, v)), ("b_alpha", (v,)), ("b_rate", (v,))):
+    if tensors[name].shape != want:
+      raise ValueError(f"{path}: tensor {name} has shape {tensors[name].shape}, expected {want}")
+  if (dim is not None and d != dim) or (vocab_size is not None and v != vocab_size):
+    raise ValueError(f"{path}: w_alpha is [{d}, {v}] but the policy has dim {dim} and vocab_size "
+                     f"{vocab_size}: train the head on this policy (`tokenrl budget-head`)")
+  return {k: jnp.asarray(tensors[k], jnp.float32) for k in HEAD_KEYS}
