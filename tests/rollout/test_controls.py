@@ -12,8 +12,8 @@ from tokenrl.data.char_tokenizer import CharTokenizer
 from tokenrl.models import budget_head as bh
 from tokenrl.rollout import sample
 from tokenrl.rollout.budget_guidance import BudgetGuidance, guidance_steps, guidance_weights
-from tokenrl.rollout.controls import (CyclicReflex, cntp_num_trials, compose, token_ids_of,
-                                      triangle_bias)
+from tokenrl.rollout.controls import (CyclicReflex, cntp_num_trials, compose,
+                                      compose_with_states, token_ids_of, triangle_bias)
 from tokenrl.rollout.sampler import DecodeContext
 
 CONFIG = models.tiny("qwen2", vocab_size=16, dim=32, num_heads=4, num_kv_heads=2, mlp_dim=48,
@@ -103,6 +103,18 @@ def test_compose_applies_in_order_and_drops_none():
   both = compose(a, CyclicReflex(reflection_ids=(2,), amplitude=2.0, period=4))
   out = both(jnp.zeros((1, 5)), _ctx(np.zeros((1, 3)), 1))  # φ = .25: +1 then +2
   assert float(out[0, 2]) == 3.0
+
+
+def test_composed_processors_each_read_their_own_state():
+  class AddState:
+    def __call__(self, logits, ctx):
+      return logits + ctx.aux
+  a, b = AddState(), CyclicReflex(reflection_ids=(2,), amplitude=1.0, period=4)
+  proc, state = compose_with_states((a, jnp.float32(5.0)), (None, 1), (b, None))
+  assert state[1] is None and compose_with_states((None, 3)) == (None, None)
+  out = proc(jnp.zeros((1, 5)), DecodeContext(jnp.int32(1), jnp.zeros((1, 3), jnp.int32),
+                                              jnp.zeros(1, bool), state, jnp.float32(1.0)))
+  np.testing.assert_array_equal(np.asarray(out), [[5, 5, 6, 5, 5]])
 
 
 def test_token_ids_of_names_a_multi_token_string():

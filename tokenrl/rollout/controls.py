@@ -84,22 +84,37 @@ class CyclicReflex:
 
 @dataclasses.dataclass(frozen=True)
 class Compose:
-  """Apply `processors` in order."""
+  """Apply `processors` in order. With `split_state`, `processor_state` is a tuple holding one
+  state per processor and each sees its own as ctx.aux (a method's processor and a control then
+  keep their states apart); otherwise every processor sees the same aux."""
 
   processors: tuple[Any, ...]
+  split_state: bool = False
 
   def __call__(self, logits: jax.Array, ctx: Any) -> jax.Array:
-    for proc in self.processors:
-      logits = proc(logits, ctx)
+    for i, proc in enumerate(self.processors):
+      sub = dataclasses.replace(ctx, aux=ctx.aux[i]) if self.split_state else ctx
+      logits = proc(logits, sub)
     return logits
 
 
 def compose(*processors: Any) -> Any:
-  """One processor from several (None entries dropped); None when none is left."""
+  """One processor from several sharing one state (None entries dropped); None when none left."""
   kept = tuple(p for p in processors if p is not None)
   if not kept:
     return None
   return kept[0] if len(kept) == 1 else Compose(kept)
+
+
+def compose_with_states(*pairs: tuple[Any, Any]) -> tuple[Any, Any]:
+  """(processor, processor_state) from (processor, state) pairs, each processor reading its own
+  state; pairs with a None processor are dropped."""
+  kept = [(p, s) for p, s in pairs if p is not None]
+  if not kept:
+    return None, None
+  if len(kept) == 1:
+    return kept[0]
+  return Compose(tuple(p for p, _ in kept), split_state=True), tuple(s for _, s in kept)
 
 
 def cntp_num_trials(entropy: Any, *, max_trials: int = 10, h_lo: float = 0.01,
