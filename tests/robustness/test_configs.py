@@ -63,6 +63,23 @@ def test_lossy_speculative_methods_are_refused_for_training(method):
     validate_config(cfg)
 
 
+@pytest.mark.parametrize("method,key,value,allowed", [
+    ("nope", "method", "nope", r"one of \['none', 'cyclic_reflex', 'budget'\]"),
+    ("cyclic_reflex", "period", 0, r"a number of tokens > 0"),
+    ("cyclic_reflex", "reflection", ",", r"comma-separated reflection strings"),
+    ("budget", "head", "", r"the budget head file when method='budget'"),
+])
+def test_control_options_name_key_and_fix(method, key, value, allowed):
+  cfg = _tiny()
+  cfg.sampler.control.period = 0  # ignored unless method='cyclic_reflex'
+  validate_config(cfg)
+  cfg.sampler.control.method = method
+  cfg.sampler.control[key] = value
+  with pytest.raises(ValueError, match=rf"sampler.control.{key} = {value!r}: must be {allowed}.*"
+                                       rf"fix: --config.sampler.control.{key}="):
+    validate_config(cfg)
+
+
 def test_speculative_options_are_checked_only_when_on():
   cfg = _tiny()
   cfg.sampler.speculative.num_draft_tokens = -1  # ignored: method 'none'

@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 import ml_collections
 
-from tokenrl.config import LOSSLESS_SPECULATIVE, LOSSY_SPECULATIVE, SPECULATIVE_DRAFTS
+from tokenrl.config import (CONTROL_METHODS, LOSSLESS_SPECULATIVE, LOSSY_SPECULATIVE,
+                            SPECULATIVE_DRAFTS)
 from tokenrl.data.tasks import TASKS
 from tokenrl.models.config import ATTENTIONS, FAMILIES
 from tokenrl.models.presets import PRESETS
@@ -110,6 +111,23 @@ def _problems(cfg: ml_collections.ConfigDict) -> list[str]:
       need("sampler.speculative.head", lambda v: isinstance(v, str) and v != "",
            "the acceptance-head workdir when method='specdec_pp'", "runs/specdec_pp",
            "train one with configs/specdec_pp.py")
+
+  # sampler.control.* (single-token strings are checked once the tokenizer exists)
+  ctl = cfg.sampler.control
+  need("sampler.control.method", lambda v: v in CONTROL_METHODS, f"one of {list(CONTROL_METHODS)}",
+       "none")
+  if ctl.method == "cyclic_reflex":
+    need("sampler.control.period", lambda v: _is_real(v) and v > 0, "a number of tokens > 0",
+         "100")
+    need("sampler.control.amplitude", _is_real, "a finite number (logits)", "3.0")
+    need("sampler.control.shift", _is_real, "a finite number (fraction of a period)", "0.0")
+    need("sampler.control.reflection", lambda v: isinstance(v, str) and v.strip(",") != "",
+         "comma-separated reflection strings", "'?'")
+  if ctl.method == "budget":
+    need("sampler.control.head", lambda v: isinstance(v, str) and v != "",
+         "the budget head file when method='budget'", "runs/x/budget_head.safetensors",
+         "fit one with tokenrl.train.budget_head.fit_budget_head")
+    need("sampler.control.budget", _is_real, "a number of thinking tokens (<= 0: unguided)", "64")
 
   # rewards.*
   need("rewards.timeout_s", lambda v: _is_real(v) and v > 0, "a finite number of seconds > 0",
