@@ -13,6 +13,7 @@ from tokenrl.rollout.sampler import (DecodeContext, LogitProcessor, SamplerState
                                      prepare_prompts, sample)
 from tokenrl.rollout.sampling import choose_tokens, filter_top_k, filter_top_p
 from tokenrl.rollout.skipdecode import skip_sample
+from tokenrl.rollout.soft_thinking import SoftThinkInfo, soft_think_sample
 from tokenrl.rollout.spectr import spectr_sample
 from tokenrl.rollout.speculative import speculative_accept, speculative_sample
 
