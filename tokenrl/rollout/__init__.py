@@ -6,6 +6,7 @@
 Lossy, evaluation only: `skip_sample` (SkipDecode), `r2r_sample` (R2R small-large routing).
 """
 
+from tokenrl.rollout.cntp import CNTP_PUNCTUATION, CNTPStats, cntp_sample, punctuation_ids
 from tokenrl.rollout.drafts import LayerDraft, ModelDraft, NGramDraft
 from tokenrl.rollout.dynamic_exit import del_sample
 from tokenrl.rollout.r2r import r2r_sample
