@@ -2,7 +2,9 @@
 
   tokenrl train --config configs/quickstart.py --workdir runs/quickstart
   tokenrl train --config configs/quickstart.py --config.rl.objective=dapo --workdir runs/x
-  tokenrl eval --workdir runs/quickstart
+  tokenrl eval --workdir runs/quickstart [--n 16 --k 1,4,16 --strategies greedy,pass,maj,bom,ffs]
+  tokenrl eval --model HF_DIR --task arith_cot --control budget --budget 40 --head head.safetensors
+  tokenrl eval --workdir runs/a,runs/b --out eval/ | --results eval/a.json,eval/b.json (frontier)
   tokenrl sample --model DIR_OR_WORKDIR --prompt "12+7=" [--num_samples 4 --temperature 0.7]
   tokenrl sample --model W --prompt "sort 3142=" --speculative=exact --draft=layers --draft_layers=1
   tokenrl export --workdir runs/quickstart --out hf_model/
@@ -14,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -23,16 +24,19 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, summary)")
-_MODEL = flags.DEFINE_string("model", None, "HF folder or tokenrl workdir (sample)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, summary); "
+                               "eval: several, comma-separated")
+_MODEL = flags.DEFINE_string("model", None, "HF folder or tokenrl workdir (sample; eval: several, "
+                             "comma-separated)")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "prompt text (sample); repeat for several")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", None,
                                 "tokens to generate, >= 1 (sample; default: the run's sampler "
                                 "setting, or for an HF folder 128 capped at the room the longest "
                                 "prompt leaves in the model's context)")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy (sample)")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "top-k (sample)")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "top-p (sample)")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy (sample); eval: the sampling "
+                                  "temperature, > 0 (default: the run's rl.temperature, else 1)")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "top-k (sample; eval default: sampler.top_k)")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "top-p (sample; eval default: sampler.top_p)")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "completions per prompt (sample)")
 _SPECULATIVE = flags.DEFINE_enum(
     "speculative", "none", ["none", "exact", "specdec_pp", "spectr", "del", "skipdecode"],
@@ -43,9 +47,32 @@ _DRAFT_MODEL = flags.DEFINE_string("draft_model", "", "sample --draft=model: HF 
 _DRAFT_LAYERS = flags.DEFINE_integer("draft_layers", 2, "sample --draft=layers: exit layer")
 _NUM_DRAFT = flags.DEFINE_integer("num_draft_tokens", 4, "sample --speculative: K per verify pass")
 _NUM_DRAFTS = flags.DEFINE_integer("num_drafts", 4, "sample --speculative=spectr: i.i.d. drafts")
-_HEAD = flags.DEFINE_string("head", "", "sample --speculative=specdec_pp: acceptance-head workdir")
-_OUT = flags.DEFINE_string("out", None, "output folder (export)")
-_SEED = flags.DEFINE_integer("seed", 0, "sampling seed (sample)")
+_HEAD = flags.DEFINE_string("head", "", "sample --speculative=specdec_pp: acceptance-head workdir; "
+                           "eval --control=budget: the budget-head file (sampler.control.head)")
+_OUT = flags.DEFINE_string("out", None, "output folder (export; eval: results.json/.md, plots)")
+_SEED = flags.DEFINE_integer("seed", 0, "sampling seed (sample, eval)")
+# eval (tokenrl.eval.suite; README "Evaluation")
+_TASK = flags.DEFINE_string("task", None, "eval: data task to evaluate on (default: the run's "
+                            "data.task; required with an HF --model unless --config gives it)")
+_STRATEGIES = flags.DEFINE_string("strategies", "greedy,pass,maj,bon,bom,ffs",
+                                  "eval: comma-separated subset of greedy,pass,maj,bon,bom,ffs")
+_N = flags.DEFINE_integer("n", 16, "eval: samples drawn per problem (every strategy reuses them)")
+_K = flags.DEFINE_string("k", "", "eval: comma-separated samples per strategy attempt, each in "
+                         "[1, n] (default: 1, 4, 16, ... up to n, and n)")
+_ALPHA = flags.DEFINE_float("alpha", 0.2, "eval: Best-of-Majority frequency threshold in [0, 1]")
+_SCORE = flags.DEFINE_enum("score", "logprob", ["logprob", "laser", "value"],
+                           "eval: verifier-free score ranking bon/bom samples")
+_PRICES = flags.DEFINE_string("prices", "in=0.15,out=0.6",
+                              "eval: prompt/completion price per 1M tokens for cost-of-pass")
+_CONTROL = flags.DEFINE_enum("control", None, ["none", "cyclic_reflex", "budget"],
+                             "eval: logit control (sets sampler.control.method; default: the "
+                             "run's or --config's)")
+_BUDGET = flags.DEFINE_float("budget", None, "eval --control=budget: thinking tokens allowed "
+                             "(sets sampler.control.budget)")
+_LIMIT = flags.DEFINE_integer("limit", 0, "eval: evaluate the first N held-out problems (0 = all "
+                              "data.eval_size)")
+_RESULTS = flags.DEFINE_string("results", "", "eval: comma-separated results.json files of earlier "
+                               "evals, joined to this one's for the frontier cost-of-pass")
 _DEVICES = flags.DEFINE_string("devices", None,
                                "plan: a device count (of the local kind) or kind, e.g. 64, h100-8, "
                                "v5e-64 (default: this job's devices)")
@@ -95,17 +122,213 @@ def _cmd_plan() -> None:
     sys.exit(1)
 
 
-def _cmd_eval() -> None:
-  from tokenrl.eval import evaluate
+def _split(value: str | None) -> list[str]:
+  return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _eval_ks(n: int) -> list[int]:
+  """--k as ints (default 1, 4, 16, ... < n, and n); UsageError naming any k outside [1, n]."""
+  from tokenrl.eval import suite
+  if _K.value:
+    try:
+      ks = [int(k) for k in _split(_K.value)]
+    except ValueError:
+      raise app.UsageError(f"--k: expected comma-separated integers, got {_K.value!r}") from None
+  else:
+    ks = [4 ** i for i in range(8) if 4 ** i < n] + [n]
+  try:
+    return suite.check_ks(ks, n)
+  except ValueError as e:
+    raise app.UsageError(f"--k / --n: {e}".replace("k: every k", "every k")) from None
+
+
+def _is_workdir(path: str) -> bool:
+  """A tokenrl workdir (as `sample` tells them apart): config.json next to checkpoints/."""
+  return os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(
+      os.path.join(path, "checkpoints"))
+
+
+def _eval_model(kind: str, path: str):
+  """(cfg or None, ModelConfig, tokenizer, params, run or None) of one --workdir / --model."""
+  from tokenrl import models
+  from tokenrl.data.tokenizer import load_tokenizer
+  flag = "--workdir" if kind == "workdir" else "--model"
+  if kind == "workdir" or _is_workdir(path):
+    if not os.path.isfile(os.path.join(path, "config.json")):
+      raise app.UsageError(f"{flag} {path!r} is not a tokenrl workdir (no config.json)")
+    from tokenrl.train.workdir import load_workdir as load
+    try:
+      cfg, run, params = load(path)
+    except FileNotFoundError as e:
+      raise app.UsageError(f"{flag} {path!r} has no model to evaluate ({e}): train it first "
+                           "(tokenrl train) or pass --model HF_DIR") from None
+    return cfg, run.model, run.tokenizer, params, run
+  if not os.path.isdir(path):
+    raise app.UsageError(f"{flag} {path!r}: no such folder")
+  try:
+    config, params = models.load_hf(path)
+    tok = load_tokenizer(path)
+  except (FileNotFoundError, ValueError) as e:
+    raise app.UsageError(f"{flag} {path!r} holds no model to evaluate: {e}") from None
+  return None, config, tok, params, None
+
+
+def _eval_task(cfg, run, task: str):
+  """(examples, verifier) of `task`'s held-out split; UsageError for a task with no verifier."""
+  from tokenrl.data import tasks as tasks_lib
+  from tokenrl.train.setup import build_examples
+  if run is not None and task == cfg.data.task:
+    return run.eval_examples, run.verifier
+  known = sorted(tasks_lib.TASKS) + ["gsm8k", "jsonl"]
+  if task not in known:
+    raise app.UsageError(f"--task {task!r} has no verifier (eval needs one to score answers); "
+                         f"tasks with a verifier: {known}")
+  if task in tasks_lib.TASKS:
+    t = tasks_lib.get_task(task)
+    # Another task's tiers mean nothing to this one: its defaults unless the config names it.
+    tiers = cfg.data.tiers if cfg.data.task == task and cfg.data.tiers else t.default_tiers
+    try:
+      examples = t.make_examples("test", cfg.data.eval_size, cfg.seed, tiers=tiers)
+    except ValueError as e:
+      raise app.UsageError(f"--task {task}: {e}") from None
+    return examples, t.reward_fn
+  c = cfg.copy_and_resolve_references()
+  c.data.task = task
+  _, examples, verifier = build_examples(c)
+  return examples, verifier
+
+
+def _eval_control(cfg):
+  """The sampler.control section: --config's, else the run's; then --control/--budget/--head."""
+  section = dict((_CONFIG.value or cfg).sampler.control)
+  if _CONTROL.value is not None:
+    section["method"] = _CONTROL.value
+  if _BUDGET.value is not None:
+    section["budget"] = _BUDGET.value
+  if flags.FLAGS["head"].present:
+    section["head"] = _HEAD.value
+  return section
+
+
+def _eval_one(kind: str, path: str, label: str, opts: dict):
+  """Evaluate one --workdir / --model entry with the suite; returns its result dict."""
+  import jax
+  from tokenrl.config import base_config
+  from tokenrl.eval import suite
+  from tokenrl.eval.control_build import build_control, describe
   from tokenrl.train.setup import encode_prompts
-  if not _WORKDIR.value:
-    raise app.UsageError("eval needs --workdir")
-  cfg, run, params = load_workdir(_WORKDIR.value)
-  result = evaluate(params, config=run.model, tokenizer=run.tokenizer, examples=run.eval_examples,
-                    prompt_ids=encode_prompts(cfg, run.tokenizer, run.eval_examples),
-                    reward_fn=run.verifier, max_new_tokens=cfg.sampler.max_new_tokens,
-                    num_samples=max(cfg.train.eval_num_samples, 1), temperature=cfg.rl.temperature)
-  print(json.dumps(result, indent=2))
+  run_cfg, config, tok, params, run = _eval_model(kind, path)
+  if run_cfg is None and _CONFIG.value is None and not _TASK.value:
+    raise app.UsageError(f"--model {path}: an HF folder has no task; pass --task T (or --config)")
+  # A workdir's own config; for an HF folder --config (or the defaults). --config never replaces
+  # a run's data or sampler settings, only its sampler.control section (`_eval_control`).
+  cfg = run_cfg if run_cfg is not None else (_CONFIG.value or base_config())
+  task = _TASK.value or cfg.data.task
+  examples, verifier = _eval_task(cfg, run, task)
+  if _LIMIT.value > 0:
+    examples = examples[:_LIMIT.value]
+  try:
+    prompt_ids = encode_prompts(cfg, tok, examples)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  longest = max(len(p) for p in prompt_ids)
+  configured = run_cfg is not None or _CONFIG.value is not None
+  if _MAX_NEW.value is not None:
+    max_new = _MAX_NEW.value
+  else:
+    max_new = cfg.sampler.max_new_tokens if configured else default_max_new_tokens(
+        config.max_seq_len, longest)
+  if longest + max_new > config.max_seq_len:
+    raise app.UsageError(f"the longest prompt has {longest} tokens + --max_new_tokens {max_new} = "
+                         f"{longest + max_new} > the model's context of {config.max_seq_len}")
+  present = lambda name: flags.FLAGS[name].present
+  temperature = _TEMPERATURE.value if present("temperature") else (
+      float(cfg.rl.temperature) if configured else 1.0)
+  top_k = _TOP_K.value if present("top_k") else int(cfg.sampler.top_k)
+  top_p = _TOP_P.value if present("top_p") else float(cfg.sampler.top_p)
+  section = _eval_control(cfg)
+  try:
+    proc, state = build_control(section, tok, dim=config.dim, vocab_size=config.vocab_size)
+    laser = cfg.rl.get("laser") if opts["score"] == "laser" else None
+    score_fn = suite.make_score_fn(
+        opts["score"], params, config=config,
+        laser_token_id=None if laser is None else _laser_token(laser.token_id, config.vocab_size),
+        beta_v=laser.beta_v if laser is not None else 0.1,
+        c_ref=laser.c_ref if laser is not None else -23.0)
+    if opts["score"] == "laser" and cfg.rl.objective != "laser":
+      print(f"tokenrl eval: --score=laser on {path}, which was not trained with "
+            "rl.objective=laser: its self-reward is not calibrated", file=sys.stderr)
+    return suite.run_suite(
+        params, config=config, tokenizer=tok, examples=examples, prompt_ids=prompt_ids,
+        reward_fn=verifier, task=task, strategies=opts["strategies"], n=opts["n"], ks=opts["ks"],
+        alpha=opts["alpha"], prices=opts["prices"], max_new_tokens=max_new,
+        temperature=temperature, top_k=top_k, top_p=top_p, score=opts["score"],
+        score_fn=score_fn, logit_processor=proc, processor_state=state,
+        control=describe(section), label=label, rng=jax.random.key(_SEED.value),
+        reward_timeout_s=float(cfg.rewards.timeout_s), progress=True)
+  except ValueError as e:
+    raise app.UsageError(f"{path}: {e}") from None
+
+
+def _laser_token(token_id: int, vocab_size: int) -> int:
+  from tokenrl.methods.laser import resolve_token_id
+  return resolve_token_id(int(token_id), vocab_size)
+
+
+def _cmd_eval() -> None:
+  """`tokenrl eval`: the evaluation suite (tokenrl/eval/suite.py) over each --workdir/--model,
+  the frontier cost-of-pass when there are several results, --out for JSON/markdown/plots."""
+  from tokenrl.eval import report, suite
+  from tokenrl.eval.cost import parse_price_table
+  sources = ([("workdir", w) for w in _split(_WORKDIR.value)]
+             + [("model", m) for m in _split(_MODEL.value)])
+  if not sources and not _RESULTS.value:
+    raise app.UsageError("eval needs --workdir W[,W2,...] or --model HF_DIR (with --task), or "
+                         "--results a.json,b.json for a frontier of earlier evals")
+  try:
+    strategies = suite.check_strategies(_split(_STRATEGIES.value))
+  except ValueError as e:
+    raise app.UsageError(f"--{e}") from None
+  sampled = [s for s in strategies if s != "greedy"]
+  if sampled and _N.value < 1:
+    raise app.UsageError(f"--n must be >= 1 for strategies {sampled}, got {_N.value}")
+  try:
+    prices = parse_price_table(_PRICES.value)
+  except ValueError as e:
+    raise app.UsageError(f"--prices: {e}") from None
+  if not 0.0 <= _ALPHA.value <= 1.0:
+    raise app.UsageError(f"--alpha must be a frequency in [0, 1], got {_ALPHA.value}")
+  if flags.FLAGS["temperature"].present and sampled and _TEMPERATURE.value <= 0:
+    raise app.UsageError(f"--temperature must be > 0 to sample n={_N.value} completions for "
+                         f"{sampled}, got {_TEMPERATURE.value}")
+  opts = dict(strategies=strategies, n=_N.value, ks=_eval_ks(_N.value) if sampled else [],
+              alpha=_ALPHA.value, prices=prices, score=_SCORE.value)
+  earlier = []
+  for path in _split(_RESULTS.value):
+    try:
+      earlier += report.load_results(path)
+    except (OSError, ValueError, KeyError) as e:
+      raise app.UsageError(f"--results {path}: {e}") from None
+  labels = {r["label"] for r in earlier}
+  results = []
+  for kind, path in sources:
+    label = os.path.basename(os.path.normpath(path)) or path
+    base, i = label, 2
+    while label in labels:
+      label, i = f"{base}#{i}", i + 1
+    labels.add(label)
+    results.append(_eval_one(kind, path, label, opts))
+  results += earlier
+  front = None
+  if len(results) > 1:
+    try:
+      front = suite.frontier(results)
+    except ValueError as e:
+      raise app.UsageError(f"frontier: {e}") from None
+  print(report.markdown(results, front))
+  if _OUT.value:
+    paths = report.write_report(_OUT.value, results, front)
+    print(f"wrote {', '.join(sorted(paths.values()))}", file=sys.stderr)
 
 
 HF_DEFAULT_NEW_TOKENS = 128
