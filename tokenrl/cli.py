@@ -7,6 +7,7 @@
   tokenrl eval --workdir runs/a,runs/b --out eval/ | --results eval/a.json,eval/b.json (frontier)
   tokenrl sample --model DIR_OR_WORKDIR --prompt "12+7=" [--num_samples 4 --temperature 0.7]
   tokenrl sample --model W --prompt "sort 3142=" --speculative=exact --draft=layers --draft_layers=1
+  tokenrl sample --model W --prompt "37*48=" --control=cyclic_reflex [--config F --config.sampler.control.amplitude=5]
   tokenrl export --workdir runs/quickstart --out hf_model/
   tokenrl plan --config configs/qwen3_8b_v5e64.py [--devices v5e-64 | --devices 64]
   tokenrl analyze {shapley|af1|control} --model DIR | --workdir W ...   (tokenrl.commands)
@@ -48,7 +49,8 @@ _DRAFT_LAYERS = flags.DEFINE_integer("draft_layers", 2, "sample --draft=layers: 
 _NUM_DRAFT = flags.DEFINE_integer("num_draft_tokens", 4, "sample --speculative: K per verify pass")
 _NUM_DRAFTS = flags.DEFINE_integer("num_drafts", 4, "sample --speculative=spectr: i.i.d. drafts")
 _HEAD = flags.DEFINE_string("head", "", "sample --speculative=specdec_pp: acceptance-head workdir; "
-                           "eval --control=budget: the budget-head file (sampler.control.head)")
+                           "eval/sample --control=budget: the budget-head file "
+                           "(sampler.control.head)")
 _OUT = flags.DEFINE_string("out", None, "output folder (export; eval: results.json/.md, plots)")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed (sample, eval)")
 # eval (tokenrl.eval.suite; README "Evaluation")
@@ -65,10 +67,10 @@ _SCORE = flags.DEFINE_enum("score", "logprob", ["logprob", "laser", "value"],
 _PRICES = flags.DEFINE_string("prices", "in=0.15,out=0.6",
                               "eval: prompt/completion price per 1M tokens for cost-of-pass")
 _CONTROL = flags.DEFINE_enum("control", None, ["none", "cyclic_reflex", "budget"],
-                             "eval: logit control (sets sampler.control.method; default: the "
-                             "run's or --config's)")
-_BUDGET = flags.DEFINE_float("budget", None, "eval --control=budget: thinking tokens allowed "
-                             "(sets sampler.control.budget)")
+                             "eval, sample: logit control (sets sampler.control.method; default: "
+                             "the run's or --config's)")
+_BUDGET = flags.DEFINE_float("budget", None, "eval/sample --control=budget: thinking tokens "
+                             "allowed (sets sampler.control.budget)")
 _LIMIT = flags.DEFINE_integer("limit", 0, "eval: evaluate the first N held-out problems (0 = all "
                               "data.eval_size)")
 _RESULTS = flags.DEFINE_string("results", "", "eval: comma-separated results.json files of earlier "
@@ -375,6 +377,7 @@ def _cmd_sample() -> None:
     config, tok = run.model, run.tokenizer
     default_new = cfg.sampler.max_new_tokens
   else:
+    cfg = None
     config, params = models.load_hf(_MODEL.value)
     tok = load_tokenizer(_MODEL.value)
     default_new = None
@@ -394,8 +397,19 @@ def _cmd_sample() -> None:
   kw = dict(config=config, rng=jax.random.key(_SEED.value), max_new_tokens=max_new,
             temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
             num_samples=_NUM_SAMPLES.value, stop_tokens=tuple(tok.eos_token_ids))
+  # sampler.control: a workdir's own (or --config's), then --control/--budget/--head.
+  from tokenrl.config import base_config
+  from tokenrl.eval.control_build import build_control
+  try:
+    proc, state = build_control(_eval_control(cfg if cfg is not None else base_config()), tok,
+                                dim=config.dim, vocab_size=config.vocab_size)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  if proc is not None and _SPECULATIVE.value != "none":
+    raise app.UsageError("--control and --speculative cannot be combined: a draft would need the "
+                         "control at every drafted position; drop one of them")
   out = _speculative_sample(params, ids, config, tok, kw) if _SPECULATIVE.value != "none" else (
-      sample(params, ids, **kw))
+      sample(params, ids, logit_processor=proc, processor_state=state, **kw))
   texts = decode_completions(tok, np.asarray(out.tokens), np.asarray(out.mask))
   for i, text in enumerate(texts):
     print(f"[{i // _NUM_SAMPLES.value}.{i % _NUM_SAMPLES.value}] {_PROMPT.value[i // _NUM_SAMPLES.value]}{text}")

@@ -162,3 +162,19 @@ def test_sample_speculative_bad_draft_names_the_flag(hf_folder):
                                            r"int in \[1, \d+\]"):
     _cli("sample", f"--model={hf_folder}", "--prompt=1+1=", "--speculative=exact",
          "--draft=layers", "--draft_layers=99")
+
+
+def test_sample_with_a_control(hf_folder, capsys):
+  # CyclicReflex with the section's defaults ('?' reflection, '#' end, A = 3, T = 100) samples
+  # from an HF folder; a budget control without a head and control + speculative are named.
+  _cli("sample", f"--model={hf_folder}", "--prompt=1+1=", "--max_new_tokens=4")
+  plain = capsys.readouterr().out
+  _cli("sample", f"--model={hf_folder}", "--prompt=1+1=", "--max_new_tokens=4",
+       "--control=cyclic_reflex")
+  assert capsys.readouterr().out.count("[0.0] 1+1=") == 1
+  with pytest.raises(app.UsageError, match=r"sampler.control.head: budget guidance needs"):
+    _cli("sample", f"--model={hf_folder}", "--prompt=1+1=", "--control=budget", "--budget=8")
+  with pytest.raises(app.UsageError, match=r"--control and --speculative cannot be combined"):
+    _cli("sample", f"--model={hf_folder}", "--prompt=1+1=", "--control=cyclic_reflex",
+         "--speculative=exact", "--draft=ngram")
+  assert plain.startswith("[0.0] 1+1=")

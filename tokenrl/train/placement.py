@@ -33,6 +33,7 @@ from jax.sharding import Mesh
 
 from tokenrl.models.config import ModelConfig
 from tokenrl.rollout import sample as sample_lib
+from tokenrl.rollout.controls import compose_with_states
 from tokenrl.train import mesh as mesh_lib
 from tokenrl.train import sharded
 
@@ -40,11 +41,15 @@ from tokenrl.train import sharded
 class Placement:
   """A run's mesh, its batch sharding, and the host <-> device moves of the train loop."""
 
-  def __init__(self, mesh: Mesh, model: ModelConfig, sampler: Callable[..., Any] | None = None):
+  def __init__(self, mesh: Mesh, model: ModelConfig, sampler: Callable[..., Any] | None = None,
+               control: tuple[Any, Any] = (None, None)):
     self.mesh = mesh
     self.model = model
     # `tokenrl.rollout.sample` or a drop-in with its signature (tokenrl.train.decoding).
     self.sampler = sample_lib if sampler is None else sampler
+    # (logit processor, its processor_state) of sampler.control, applied to every sample() after
+    # a caller's own processor (tokenrl.eval.control_build); (None, None) = none.
+    self.control = control
     self.batch = mesh_lib.batch_sharding(mesh)
     spec = self.batch.spec[0] if len(self.batch.spec) else None
     axes = () if spec is None else ((spec,) if isinstance(spec, str) else tuple(spec))
@@ -138,6 +143,9 @@ class Placement:
     m = self._pad_to(b, num_samples)
     prompts = prompts + [prompts[-1]] * (m - b)
     p = self.decode_params(params) if decode_params is None else decode_params
+    if self.control[0] is not None:
+      kwargs["logit_processor"], kwargs["processor_state"] = compose_with_states(
+          (kwargs.get("logit_processor"), kwargs.get("processor_state")), self.control)
     out = self.sampler(p, prompts, config=self.model, num_samples=num_samples,
                        prompt_sharding=self.batch, **kwargs)
     return jax.tree.map(lambda x: self.host(x)[:b * num_samples], out)

@@ -18,11 +18,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from tokenrl import objectives as obj
 from tokenrl.data.pipeline import make_dataset
 from tokenrl.data.reward_runner import RewardRunner
 from tokenrl.eval import evaluate
+from tokenrl.eval.control_build import build_control
 from tokenrl.methods import get_method
 from tokenrl.methods.base import StepContext, group_minibatches, section_dict
 from tokenrl.methods.budgets import longest_prompt
@@ -69,7 +71,16 @@ def build_rl(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
   # sampler.speculative: a lossless speculative decoder for rollouts and evaluations (None =
   # plain `sample`); a bad draft, tokenizer or head fails here, before any step.
   decoder = build_decoder(cfg, model, tok)
-  place = Placement(mesh, model, sampler=decoder)
+  # sampler.control: a test-time logit control on every rollout and evaluation; a string that
+  # is not one token or a missing/ill-fitting budget head fails here, naming the key.
+  control = build_control(cfg.sampler.control, tok, dim=model.dim, vocab_size=model.vocab_size)
+  if control[0] is not None and cfg.train.max_steps and not opts["tis_imp_ratio_cap"]:
+    logging.warning(
+        "sampler.control.method=%r samples RL rollouts from the controlled law, not the "
+        "policy's: the update is off-policy for the policy (the sampler log-probs are of the "
+        "controlled law). Set --config.rl.tis_imp_ratio_cap=2 to reweight by policy/sampler "
+        "(truncated importance sampling)", cfg.sampler.control.method)
+  place = Placement(mesh, model, sampler=decoder, control=control)
   place.check_rows(cfg.train.sft_batch_size, "train.sft_batch_size")
   place.check_rows(cfg.data.batch_size * opts["num_generations"] // max(cfg.train.mini_batches, 1),
                    "data.batch_size x rl.num_generations / train.mini_batches")

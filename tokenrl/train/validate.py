@@ -123,6 +123,10 @@ def _problems(cfg: ml_collections.ConfigDict) -> list[str]:
     need("sampler.control.shift", _is_real, "a finite number (fraction of a period)", "0.0")
     need("sampler.control.reflection", lambda v: isinstance(v, str) and v.strip(",") != "",
          "comma-separated reflection strings", "'?'")
+  if ctl.method != "none":
+    need("sampler.speculative.method", lambda v: v == "none",
+         "'none' when sampler.control.method is set", "none",
+         "a draft would need the control at every drafted position")
   if ctl.method == "budget":
     need("sampler.control.head", lambda v: isinstance(v, str) and v != "",
          "the budget head file when method='budget'", "runs/x/budget_head.safetensors",
