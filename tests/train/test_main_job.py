@@ -120,10 +120,17 @@ def test_cli_eval_sample_export(smoke_run, tmp_path):
   workdir, summary = smoke_run
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
   cli = [sys.executable, "-m", "tokenrl.cli"]
-  out = subprocess.run(cli + ["eval", f"--workdir={workdir}"], check=True, env=env,
-                       capture_output=True, text=True).stdout
-  result = json.loads(out[out.index("{"):])
-  assert result["accuracy"] == pytest.approx(summary["final_accuracy"])
+  report_dir = str(tmp_path / "eval")
+  out = subprocess.run(cli + ["eval", f"--workdir={workdir}", "--strategies=greedy",
+                              f"--out={report_dir}"], check=True, env=env, capture_output=True,
+                       text=True).stdout
+  assert "| greedy |" in out  # the markdown table on stdout
+  with open(os.path.join(report_dir, "results.json")) as f:
+    (result,) = json.load(f)["results"]
+  (greedy,) = result["strategies"]
+  # The suite's greedy accuracy on the held-out split = the run's own final evaluation.
+  assert greedy["name"] == "greedy"
+  assert greedy["accuracy"] == pytest.approx(summary["final_accuracy"])
   out = subprocess.run(cli + ["sample", f"--model={workdir}", "--prompt=12+7=", "--prompt=3-1=",
                               "--num_samples=2"], check=True, env=env, capture_output=True,
                        text=True).stdout
