@@ -43,15 +43,23 @@ def evaluate(params: Any, *, config: ModelConfig, tokenizer: Any, examples: Sequ
   if scorer is not None:
     return _evaluate(params, draw, scorer, tokenizer, examples, prompt_ids, max_new_tokens,
                      num_samples, temperature, batch_size, rng, stops)
+  with verifier_runner(reward_fn, reward_timeout_s) as runner:
+    return _evaluate(params, draw, runner, tokenizer, examples, prompt_ids, max_new_tokens,
+                     num_samples, temperature, batch_size, rng, stops)
+
+
+def verifier_runner(reward_fn: Callable[[str, Mapping[str, Any]], float],
+                    timeout_s: float) -> RewardRunner:
+  """A one-worker timed RewardRunner over the verifier (use as a context manager): process
+  workers when reward_fn pickles, threads otherwise (a notebook lambda: still timed, a hung
+  thread is abandoned); its `.rewards` are the verifier's scores."""
   try:
     pickle.dumps(reward_fn)
     backend = "process"
   except Exception:  # pylint: disable=broad-except
-    backend = "thread"  # A notebook lambda: still timed (a hung thread is abandoned).
-  with RewardRunner({"verifier": reward_fn}, timeout_s=reward_timeout_s, max_workers=1,
-                    backend=backend) as runner:
-    return _evaluate(params, draw, runner, tokenizer, examples, prompt_ids, max_new_tokens,
-                     num_samples, temperature, batch_size, rng, stops)
+    backend = "thread"
+  return RewardRunner({"verifier": reward_fn}, timeout_s=timeout_s, max_workers=1,
+                      backend=backend)
 
 
 def _evaluate(params, draw, scorer, tokenizer, examples, prompt_ids, max_new_tokens,

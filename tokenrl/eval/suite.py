@@ -51,7 +51,6 @@ each result is a separate "model"; pass@k excluded), per problem min then mean (
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import sys
 from typing import Any, Callable, Hashable, Mapping, Optional, Sequence
 
@@ -61,9 +60,10 @@ import numpy as np
 from tokenrl.data import rewards as rewards_lib
 from tokenrl.data import task_arith_cot
 from tokenrl.data.prompts import decode_completions
-from tokenrl.data.reward_runner import RewardOutput, RewardRunner
+from tokenrl.data.reward_runner import RewardOutput
 from tokenrl.eval import cost as cost_lib
 from tokenrl.eval import selection
+from tokenrl.eval.evaluate import verifier_runner
 from tokenrl.eval.passk import pass_at_k
 
 STRATEGIES = ("greedy", "pass", "maj", "bon", "bom", "ffs")
@@ -277,13 +277,7 @@ def collect(params: Any, *, config: Any, tokenizer: Any, examples: Sequence[Mapp
     return _collect(params, config, tokenizer, examples, prompt_ids, scorer, answer_fn, n,
                     max_new_tokens, greedy, temperature, top_k, top_p, score_fn, logit_processor,
                     processor_state, rng, max_rows, sampler, progress, desc)
-  try:
-    pickle.dumps(reward_fn)
-    backend = "process"
-  except Exception:  # pylint: disable=broad-except
-    backend = "thread"  # A notebook lambda: still timed (a hung thread is abandoned).
-  with RewardRunner({"verifier": reward_fn}, timeout_s=reward_timeout_s, max_workers=1,
-                    backend=backend) as runner:
+  with verifier_runner(reward_fn, reward_timeout_s) as runner:
     return _collect(params, config, tokenizer, examples, prompt_ids, runner, answer_fn, n,
                     max_new_tokens, greedy, temperature, top_k, top_p, score_fn, logit_processor,
                     processor_state, rng, max_rows, sampler, progress, desc)
