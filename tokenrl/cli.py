@@ -4,6 +4,7 @@
   tokenrl train --config configs/quickstart.py --config.rl.objective=dapo --workdir runs/x
   tokenrl eval --workdir runs/quickstart [--n 16 --k 1,4,16 --strategies greedy,pass,maj,bom,ffs]
   tokenrl eval --model HF_DIR --task arith_cot --control budget --budget 40 --head head.safetensors
+  tokenrl eval --workdir runs/quickstart --control cntp --n 8 --k 1,4   (or soft_thinking)
   tokenrl eval --workdir runs/a,runs/b --out eval/ | --results eval/a.json,eval/b.json (frontier)
   tokenrl sample --model DIR_OR_WORKDIR --prompt "12+7=" [--num_samples 4 --temperature 0.7]
   tokenrl sample --model W --prompt "sort 3142=" --speculative=exact --draft=layers --draft_layers=1
@@ -66,9 +67,11 @@ _SCORE = flags.DEFINE_enum("score", "logprob", ["logprob", "laser", "value"],
                            "eval: verifier-free score ranking bon/bom samples")
 _PRICES = flags.DEFINE_string("prices", "in=0.15,out=0.6",
                               "eval: prompt/completion price per 1M tokens for cost-of-pass")
-_CONTROL = flags.DEFINE_enum("control", None, ["none", "cyclic_reflex", "budget"],
-                             "eval, sample: logit control (sets sampler.control.method; default: "
-                             "the run's or --config's)")
+_CONTROL = flags.DEFINE_enum("control", None,
+                             ["none", "cyclic_reflex", "budget", "cntp", "soft_thinking"],
+                             "eval, sample: test-time control (sets sampler.control.method; "
+                             "default: the run's or --config's); cntp / soft_thinking are "
+                             "evaluation-only decoders")
 _BUDGET = flags.DEFINE_float("budget", None, "eval/sample --control=budget: thinking tokens "
                              "allowed (sets sampler.control.budget)")
 _LIMIT = flags.DEFINE_integer("limit", 0, "eval: evaluate the first N held-out problems (0 = all "
@@ -217,7 +220,7 @@ def _eval_one(kind: str, path: str, label: str, opts: dict):
   import jax
   from tokenrl.config import base_config
   from tokenrl.eval import suite
-  from tokenrl.eval.control_build import build_control, describe
+  from tokenrl.eval.control_build import build_control, build_decoder, describe
   from tokenrl.train.setup import encode_prompts
   run_cfg, config, tok, params, run = _eval_model(kind, path)
   if run_cfg is None and _CONFIG.value is None and not _TASK.value:
@@ -251,6 +254,9 @@ def _eval_one(kind: str, path: str, label: str, opts: dict):
   section = _eval_control(cfg)
   try:
     proc, state = build_control(section, tok, dim=config.dim, vocab_size=config.vocab_size)
+    # cntp / soft_thinking: a decoder of their own in place of `sample` (None: `sample`).
+    decoder = build_decoder(section, tok, config=config)
+    collect_kw = {} if decoder is None else {"sampler": decoder}
     laser = cfg.rl.get("laser") if opts["score"] == "laser" else None
     score_fn = suite.make_score_fn(
         opts["score"], params, config=config,
@@ -267,7 +273,7 @@ def _eval_one(kind: str, path: str, label: str, opts: dict):
         temperature=temperature, top_k=top_k, top_p=top_p, score=opts["score"],
         score_fn=score_fn, logit_processor=proc, processor_state=state,
         control=describe(section), label=label, rng=jax.random.key(_SEED.value),
-        reward_timeout_s=float(cfg.rewards.timeout_s), progress=True)
+        reward_timeout_s=float(cfg.rewards.timeout_s), progress=True, **collect_kw)
   except ValueError as e:
     raise app.UsageError(f"{path}: {e}") from None
 
@@ -399,20 +405,47 @@ def _cmd_sample() -> None:
             num_samples=_NUM_SAMPLES.value, stop_tokens=tuple(tok.eos_token_ids))
   # sampler.control: a workdir's own (or --config's), then --control/--budget/--head.
   from tokenrl.config import base_config
-  from tokenrl.eval.control_build import build_control
+  from tokenrl.eval.control_build import build_control, build_decoder
+  section = _eval_control(cfg if cfg is not None else base_config())
   try:
-    proc, state = build_control(_eval_control(cfg if cfg is not None else base_config()), tok,
-                                dim=config.dim, vocab_size=config.vocab_size)
+    proc, state = build_control(section, tok, dim=config.dim, vocab_size=config.vocab_size)
+    decoder = build_decoder(section, tok, config=config)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  if proc is not None and _SPECULATIVE.value != "none":
-    raise app.UsageError("--control and --speculative cannot be combined: a draft would need the "
-                         "control at every drafted position; drop one of them")
-  out = _speculative_sample(params, ids, config, tok, kw) if _SPECULATIVE.value != "none" else (
-      sample(params, ids, logit_processor=proc, processor_state=state, **kw))
+  if (proc is not None or decoder is not None) and _SPECULATIVE.value != "none":
+    raise app.UsageError(f"--control and --speculative cannot be combined (control "
+                         f"{section['method']!r}): a draft would need the control at every "
+                         "drafted position; drop one of them")
+  if decoder is not None:
+    out = _control_sample(decoder, params, ids, kw)
+  elif _SPECULATIVE.value != "none":
+    out = _speculative_sample(params, ids, config, tok, kw)
+  else:
+    out = sample(params, ids, logit_processor=proc, processor_state=state, **kw)
   texts = decode_completions(tok, np.asarray(out.tokens), np.asarray(out.mask))
   for i, text in enumerate(texts):
     print(f"[{i // _NUM_SAMPLES.value}.{i % _NUM_SAMPLES.value}] {_PROMPT.value[i // _NUM_SAMPLES.value]}{text}")
+
+
+def _control_sample(decoder, params, ids, kw):
+  """`tokenrl sample --control=cntp|soft_thinking`: the decoder, then its counters on stderr."""
+  import numpy as np
+  try:
+    out = decoder(params, ids, **{k: v for k, v in kw.items() if k != "config"})
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  info = decoder.last_info
+  if decoder.method == "cntp":
+    print(f"[cntp] steps={info.steps}, branch_steps={info.branch_steps}, branch_points="
+          f"{info.branch_points}, emitted={info.emitted}, sampled_tokens={info.sampled_tokens} "
+          f"({info.sampled_tokens / max(info.emitted, 1):.2f} per emitted token), "
+          f"row_forwards={info.row_forwards}", file=sys.stderr)
+  else:
+    print(f"[soft_thinking] thinking steps per row: "
+          f"{np.asarray(info.thinking_steps).tolist()}, closed: "
+          f"{np.asarray(info.closed).tolist()}, cold stopped: "
+          f"{np.asarray(info.cold_stopped).tolist()}", file=sys.stderr)
+  return out
 
 
 def _speculative_sample(params, ids, config, tok, kw):

@@ -67,17 +67,25 @@ def sampler_config() -> ml_collections.ConfigDict:
   return c
 
 
-CONTROL_METHODS = ("none", "cyclic_reflex", "budget")
+CONTROL_METHODS = ("none", "cyclic_reflex", "budget", "cntp", "soft_thinking")
+# sampler.control.method values that are decoders of their own, not logit processors: their
+# output law has no usable per-token log-prob (CNTP's trial selection; Soft Thinking's concept
+# tokens), so they are for `tokenrl eval` / `tokenrl sample` only, refused for training.
+EVAL_ONLY_CONTROLS = ("cntp", "soft_thinking")
 
 
 def control_config() -> ml_collections.ConfigDict:
-  """Test-time logit controls (docs: README "Test-time control"; spec decoding-and-test-time §9,
-  §14). They change the sampled law: evaluation and sampling by default; an RL run that enables
-  one samples from the controlled law (its log-probs are of that law, so the update is on-policy
-  for it, not for the plain policy)."""
+  """Test-time controls (docs: README "Test-time control"; spec decoding-and-test-time §9, §10,
+  §13, §14). They change the sampled law: evaluation and sampling by default; an RL run that
+  enables a logit processor (cyclic_reflex, budget) samples from the controlled law (its
+  log-probs are of that law, so the update is on-policy for it, not for the plain policy). The
+  decoders cntp and soft_thinking (EVAL_ONLY_CONTROLS) have no such log-prob: `tokenrl eval` /
+  `tokenrl sample` only."""
   c = ml_collections.ConfigDict()
-  c.method = 'none'         # none | cyclic_reflex | budget
+  c.method = 'none'         # none | cyclic_reflex | budget (logit processors) | cntp |
+                            # soft_thinking (decoders: eval / sample only, refused for training)
   c.think_end = '#'         # the end-of-thinking string (one token); controls stop after it
+                            # (soft_thinking: the token that closes the thought; required)
   c.reflection = '?'        # cyclic_reflex: comma-separated reflection strings (one token each)
   c.amplitude = 3.0         # cyclic_reflex: A, logits (raw, before the temperature)
   c.period = 100            # cyclic_reflex: T, generated tokens per cycle
@@ -86,6 +94,19 @@ def control_config() -> ml_collections.ConfigDict:
   c.budget = 0              # budget: thinking tokens allowed (<= 0: unguided)
   c.head = ''               # budget: the remaining-length head (safetensors file from
                             # `tokenrl budget-head`)
+  c.punctuation = r'.,\,,\n,?,!,:,;,)'  # cntp: strings that close a trial, one token each,
+                            # comma-separated; escapes: \, = ',', \n = newline, \t = tab,
+                            # \\ = '\'; '' = none (trials end at a stop token or the cap). The
+                            # reference's set less ']', '}' (not in the char vocabulary)
+  c.max_trials = 10         # cntp: N_max, trials at a maximal-entropy step (1 = never branch)
+  c.h_lo = 0.01             # cntp: entropy (nats) at or below which a step takes one token
+  c.h_hi = 1.5              # cntp: entropy (nats) at or above which a step runs N_max trials
+  c.max_trial_tokens = 16   # cntp: K, the most tokens per trial (static shapes need a cap)
+  c.max_topk = 10           # soft_thinking: K, tokens mixed per concept token (1 = greedy thinking)
+  c.min_p = 0.001           # soft_thinking: thinking min-p, relative to the top probability
+                            # (0 = off)
+  c.cold_stop_entropy = 0.01  # soft_thinking: Cold Stop entropy threshold τ, nats (0 = off)
+  c.cold_stop_length = 256  # soft_thinking: Cold Stop k_len, consecutive steps with H < τ
   return c
 
 

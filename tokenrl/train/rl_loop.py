@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from tokenrl import objectives as obj
+from tokenrl.config import EVAL_ONLY_CONTROLS
 from tokenrl.data.pipeline import make_dataset
 from tokenrl.data.reward_runner import RewardRunner
 from tokenrl.eval import evaluate
@@ -57,6 +58,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def build_rl(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
   """The phases of the main job: 'sft' (train.sft_steps > 0), then 'rl' (train.max_steps)."""
   del workdir
+  # validate_config refuses the evaluation-only decoders at start-up; a direct caller of
+  # build_rl is refused here too (build_control would give them no processor: plain sampling).
+  if cfg.sampler.control.method in EVAL_ONLY_CONTROLS:
+    raise ValueError(f"sampler.control.method={cfg.sampler.control.method!r} is an evaluation-"
+                     "only decoder: use it with `tokenrl eval` / `tokenrl sample`, not training")
   opts = resolve_objective(cfg.rl)
   loss_options = {k: opts[k] for k in obj.POLICY_LOSS_OPTIONS}
   method = get_method(opts["objective"])

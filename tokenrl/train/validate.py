@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 import ml_collections
 
-from tokenrl.config import (CONTROL_METHODS, LOSSLESS_SPECULATIVE, LOSSY_SPECULATIVE,
-                            SPECULATIVE_DRAFTS)
+from tokenrl.config import (CONTROL_METHODS, EVAL_ONLY_CONTROLS, LOSSLESS_SPECULATIVE,
+                            LOSSY_SPECULATIVE, SPECULATIVE_DRAFTS)
 from tokenrl.data.tasks import TASKS
 from tokenrl.models.config import ATTENTIONS, FAMILIES
 from tokenrl.models.presets import PRESETS
@@ -114,8 +114,18 @@ def _problems(cfg: ml_collections.ConfigDict) -> list[str]:
 
   # sampler.control.* (single-token strings are checked once the tokenizer exists)
   ctl = cfg.sampler.control
-  need("sampler.control.method", lambda v: v in CONTROL_METHODS, f"one of {list(CONTROL_METHODS)}",
-       "none")
+  trainable = [m for m in CONTROL_METHODS if m not in EVAL_ONLY_CONTROLS]
+  if ctl.method in EVAL_ONLY_CONTROLS:
+    # CNTP keeps the lowest-perplexity of several trials (the output law is not π and its
+    # log-probs are π's, not the trajectory law's); a Soft Thinking concept token has no
+    # log-prob at all. Neither gives behaviour log-probs an RL update could use.
+    need("sampler.control.method", lambda v: v not in EVAL_ONLY_CONTROLS,
+         f"one of {trainable} for training", "none",
+         f"{list(EVAL_ONLY_CONTROLS)} are evaluation-only decoders with no log-prob of the law "
+         "they sample: use them with `tokenrl eval` / `tokenrl sample`, never for RL rollouts")
+  else:
+    need("sampler.control.method", lambda v: v in trainable, f"one of {trainable} for training",
+         "none", f"{list(EVAL_ONLY_CONTROLS)}: `tokenrl eval` / `tokenrl sample` only")
   if ctl.method == "cyclic_reflex":
     need("sampler.control.period", lambda v: _is_real(v) and v > 0, "a number of tokens > 0",
          "100")
@@ -127,6 +137,29 @@ def _problems(cfg: ml_collections.ConfigDict) -> list[str]:
     need("sampler.speculative.method", lambda v: v == "none",
          "'none' when sampler.control.method is set", "none",
          "a draft would need the control at every drafted position")
+  if ctl.method == "cntp":
+    # (punctuation, a string, is parsed and checked once the tokenizer exists)
+    need("sampler.control.max_trials", int_ge(1), "an integer >= 1", "10",
+         "N_max trials at a maximal-entropy step; 1 never branches")
+    need("sampler.control.max_trial_tokens", int_ge(1), "an integer >= 1", "16",
+         "the most tokens per trial")
+    need("sampler.control.h_lo", _is_real, "a finite number of nats", "0.01")
+    if _is_real(ctl.h_lo):
+      need("sampler.control.h_hi", lambda v: _is_real(v) and v > ctl.h_lo,
+           f"a finite number of nats > sampler.control.h_lo={ctl.h_lo}", "1.5",
+           "the trial count rises from 1 at h_lo to max_trials at h_hi")
+  if ctl.method == "soft_thinking":
+    need("sampler.control.think_end", lambda v: isinstance(v, str) and v != "",
+         "the end-of-thinking string (one token) when method='soft_thinking'", "'#'",
+         "it closes the thought; decoding is discrete after it")
+    need("sampler.control.max_topk", int_ge(1), "an integer >= 1", "10",
+         "tokens mixed per concept token; 1 = greedy thinking")
+    need("sampler.control.min_p", lambda v: _is_real(v) and 0 <= v < 1, "in [0, 1)", "0.001",
+         "0 = off")
+    need("sampler.control.cold_stop_entropy", lambda v: _is_real(v) and v >= 0,
+         "a finite number of nats >= 0", "0.01", "0 = Cold Stop off")
+    need("sampler.control.cold_stop_length", int_ge(1), "an integer >= 1", "256",
+         "consecutive low-entropy thinking steps before Cold Stop")
   if ctl.method == "budget":
     need("sampler.control.head", lambda v: isinstance(v, str) and v != "",
          "the budget head file when method='budget'", "runs/x/budget_head.safetensors",
