@@ -21,6 +21,13 @@ Protocol (identical for every objective):
 A method may define `benchmark_overrides(cfg)` when it needs another task (POAD's multi-token
 actions); its row is then marked with the task it ran on and is not comparable to the others.
 
+--task arith_cot (issue 16): the same protocol on the worked-trace reasoning task of
+configs/arith_cot.py (its SFT warm-up to its own dev target, then --steps RL steps with its RL
+settings: T = its max_new_tokens), for the objectives designed for thinking traces: grpo (the
+reference), brpo, rmt, mrt by default. Their thinking-length knobs are sized to the task's traces
+(`ARITH_COT_OVERRIDES`: the defaults are for 8000-token R1 traces and never bind here); nothing
+else is tuned. Writes objectives_arith_cot.json / .png.
+
 Writes benchmarks/results/objectives.json and benchmarks/results/objectives.png (held-out
 accuracy vs RL step, mean over seeds) and prints the markdown table for RESULTS.md.
 """
@@ -43,9 +50,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 
+TASK_CONFIGS = {"arith": "quickstart", "arith_cot": "arith_cot"}  # --task -> configs/<name>.py
+TASK = "arith"  # set by main() from --task
+# Thinking-length knobs sized to arith_cot's traces (configs/arith_cot.py: <= 72 new tokens,
+# mean thought ~20 tokens): the method defaults (BRPO's 8000 thinking tokens, RMT's 800-token
+# budget) never bind on them. BRPO: prompt bucket + 64 thinking + '..#' + an 8-token summary
+# (answer and EOS) fits max_seq_len; RMT: its budget decays from the whole completion.
+ARITH_COT_OVERRIDES = {
+    "brpo": {"max_thinking_tokens": 64, "n_budget_support": 4, "n_summary": 2,
+             "summary_max_tokens": 8},
+    "rmt": {"budget_init": 72},
+}
+
+
 def quickstart(arg=None):
-  spec = importlib.util.spec_from_file_location(
-      "quickstart", os.path.join(REPO, "configs", "quickstart.py"))
+  """The base config of the benchmark's task (configs/quickstart.py or configs/arith_cot.py)."""
+  name = TASK_CONFIGS[TASK]
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
@@ -76,18 +97,22 @@ def bench_config(name: str, seed: int, steps: int, sft_dir: str, eval_size: int,
   cfg.optimizer.learning_rate = learning_rate
   cfg.optimizer.warmup_steps = min(cfg.optimizer.warmup_steps, max(1, steps // 10))
   method = get_method(name)
-  if hasattr(method, "benchmark_overrides"):
+  if TASK == "arith_cot":
+    for key, value in ARITH_COT_OVERRIDES.get(name, {}).items():
+      cfg.rl[name][key] = value
+  elif hasattr(method, "benchmark_overrides"):
     method.benchmark_overrides(cfg)
   return cfg
 
 
-def result_from_workdir(workdir: str, base_task: str = "arith") -> dict:
+def result_from_workdir(workdir: str, base_task: str | None = None) -> dict:
   """The benchmark record of a finished run directory (summary.json + metrics.jsonl)."""
   from tokenrl.train.metrics import read_metrics
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
   with open(os.path.join(workdir, "config.json")) as f:
     cfg = json.load(f)
+  base_task = base_task or TASK
   rl = [r for r in read_metrics(workdir) if r["phase"] == "rl"]
   n_rows = cfg["data"]["batch_size"] * cfg["rl"]["num_generations"]
   tokens = sum(r["completion_length"] * n_rows for r in rl)
@@ -213,9 +238,17 @@ def main() -> None:
   parser.add_argument("--quick", action="store_true", help="2 seeds x 40 steps, 4 objectives")
   parser.add_argument("--resume", action="store_true",
                       help="reuse finished runs in --work made with exactly the same config")
-  parser.add_argument("--work", default="/tmp/tokenrl_objectives")
+  parser.add_argument("--task", default="arith", choices=sorted(TASK_CONFIGS),
+                      help="arith: configs/quickstart.py; arith_cot: configs/arith_cot.py")
+  parser.add_argument("--work", default="")
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
   args = parser.parse_args()
+  global TASK
+  TASK = args.task
+  suffix = "" if TASK == "arith" else f"_{TASK}"
+  args.work = args.work or f"/tmp/tokenrl_objectives{suffix}"
+  if TASK == "arith_cot" and not args.methods:
+    args.methods = "grpo,brpo,rmt,mrt"
   if args.quick:
     args.seeds, args.steps = "0,1", 40
     args.methods = args.methods or "grpo,dapo,grpo_neg,thr"
@@ -252,12 +285,12 @@ def main() -> None:
           "batch_size": args.batch_size, "learning_rate": args.learning_rate,
           "load_average_end": os.getloadavg(),
           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "seeds": seeds,
-          "steps": args.steps, "eval_size": args.eval_size, "target_gain": args.target_gain,
+          "task": TASK, "steps": args.steps, "eval_size": args.eval_size, "target_gain": args.target_gain,
           "total_seconds": time.time() - start}
-  with open(os.path.join(args.out, "objectives.json"), "w") as f:
+  with open(os.path.join(args.out, f"objectives{suffix}.json"), "w") as f:
     json.dump({"meta": meta, "results": results}, f, indent=1)
   if results:
-    plot(results, os.path.join(args.out, "objectives.png"))
+    plot(results, os.path.join(args.out, f"objectives{suffix}.png"))
   print(f"\n{meta}\n")
   print(table(results, args.target_gain))
 

@@ -1,4 +1,4 @@
-"""`tokenrl train | eval | sample | export | plan` (absl + ml_collections config flags).
+"""`tokenrl train | eval | sample | export | plan | budget-head` (absl + ml_collections flags).
 
   tokenrl train --config configs/quickstart.py --workdir runs/quickstart
   tokenrl train --config configs/quickstart.py --config.rl.objective=dapo --workdir runs/x
@@ -10,6 +10,7 @@
   tokenrl sample --model W --prompt "sort 3142=" --speculative=exact --draft=layers --draft_layers=1
   tokenrl sample --model W --prompt "37*48=" --control=cyclic_reflex [--config F --config.sampler.control.amplitude=5]
   tokenrl export --workdir runs/quickstart --out hf_model/
+  tokenrl budget-head --workdir runs/arith_cot [--out F --num_samples 8 --limit 256]
   tokenrl plan --config configs/qwen3_8b_v5e64.py [--devices v5e-64 | --devices 64]
   tokenrl analyze {shapley|af1|control} --model DIR | --workdir W ...   (tokenrl.commands)
   tokenrl audit {coin|palace} ...
@@ -39,7 +40,8 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy (sample); eval
                                   "temperature, > 0 (default: the run's rl.temperature, else 1)")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "top-k (sample; eval default: sampler.top_k)")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "top-p (sample; eval default: sampler.top_p)")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "completions per prompt (sample)")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "completions per prompt (sample; "
+                                    "budget-head: traces per prompt, >= 2)")
 _SPECULATIVE = flags.DEFINE_enum(
     "speculative", "none", ["none", "exact", "specdec_pp", "spectr", "del", "skipdecode"],
     "sample: decoder (lossless: exact, specdec_pp, spectr, del; lossy: skipdecode)")
@@ -88,7 +90,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0,
                                       "train: processes in the job (0 = detect)")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "train: this process's index (-1 = detect)")
 
-COMMANDS = ("train", "eval", "sample", "export", "plan")
+COMMANDS = ("train", "eval", "sample", "export", "plan", "budget-head")
 
 
 def load_workdir(workdir: str):
@@ -474,6 +476,45 @@ def _speculative_sample(params, ids, config, tok, kw):
   return out
 
 
+def _cmd_budget_head() -> None:
+  """Fit budget guidance's remaining-length head on a run's own traces and save it.
+
+  Prompts: the first --limit (0: 256) prompts of the run's TRAINING split (the held-out split is
+  what `tokenrl eval` scores); --num_samples traces each at the run's rl.temperature; the think
+  delimiter is the run's sampler.control.think_end. Writes --out (default
+  WORKDIR/budget_head.safetensors) and prints the fit's held-out numbers.
+  """
+  import jax
+  from tokenrl.eval.control_build import KEY, _one_id
+  from tokenrl.models.budget_head import save_budget_head
+  from tokenrl.train.budget_head import fit_budget_head
+  from tokenrl.train.setup import encode_prompts
+  if not _WORKDIR.value:
+    raise app.UsageError("budget-head needs --workdir (a trained run whose traces it learns)")
+  if _NUM_SAMPLES.value < 2:
+    raise app.UsageError(f"--num_samples must be >= 2 traces per prompt (default 1 is for "
+                         f"`sample`; try 8), got {_NUM_SAMPLES.value}")
+  cfg, run, params = load_workdir(_WORKDIR.value)
+  tok = run.tokenizer
+  try:
+    think_end = _one_id(tok, cfg.sampler.control.think_end, "think_end")
+  except ValueError as e:
+    raise app.UsageError(f"{e} (the run's {KEY}.think_end)") from None
+  prompts = encode_prompts(cfg, tok, run.train_examples[:_LIMIT.value or 256])
+  try:  # a policy that never writes the delimiter is named by `collect`
+    head, info = fit_budget_head(
+        params, run.model, prompts, think_end_id=think_end, stop_tokens=tuple(tok.eos_token_ids),
+        max_new_tokens=int(cfg.sampler.max_new_tokens), rng=jax.random.key(_SEED.value),
+        num_samples=_NUM_SAMPLES.value, temperature=float(cfg.rl.temperature) or 1.0)
+  except ValueError as e:
+    raise app.UsageError(f"budget-head on {_WORKDIR.value}: {e}") from None
+  out = _OUT.value or os.path.join(_WORKDIR.value, "budget_head.safetensors")
+  save_budget_head(out, head, {"workdir": os.path.abspath(_WORKDIR.value),
+                               "think_end": cfg.sampler.control.think_end})
+  print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items()))
+  print(f"wrote {out}")
+
+
 def _cmd_export() -> None:
   from tokenrl import models
   if not _WORKDIR.value or not _OUT.value:
@@ -492,7 +533,7 @@ def main(argv) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   {"train": _cmd_train, "eval": _cmd_eval, "sample": _cmd_sample, "export": _cmd_export,
-   "plan": _cmd_plan}[argv[1]]()
+   "plan": _cmd_plan, "budget-head": _cmd_budget_head}[argv[1]]()
 
 
 def _tool_command(argv: list[str]) -> int:

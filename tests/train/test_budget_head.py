@@ -8,6 +8,7 @@ from tokenrl import models
 from tokenrl.models import transformer
 from tokenrl.rollout import sample
 from tokenrl.train import budget_head as tbh
+from tests.eval.test_cli_eval import workdir  # noqa: F401 (fixture)
 
 CONFIG = models.tiny("qwen2", vocab_size=16, dim=32, num_heads=4, num_kv_heads=2, mlp_dim=48,
                      eos_ids=(1,), pad_id=0)
@@ -54,3 +55,22 @@ def test_saved_head_round_trips_and_shape_mismatch_is_named(tmp_path):
     np.testing.assert_array_equal(np.asarray(back[k]), np.asarray(head[k]))
   with pytest.raises(ValueError, match="policy has dim 64"):
     bh.load_budget_head(path, dim=64, vocab_size=CONFIG.vocab_size)
+
+
+def test_tokenrl_budget_head_fits_saves_and_guides_eval(workdir, tmp_path, capsys):  # noqa: F811
+  """`tokenrl budget-head`: the head file `tokenrl eval --control budget` then reads."""
+  from absl import app
+  from tests.eval.test_cli_eval import _cli
+  from tokenrl.models import budget_head as bh
+  path = workdir  # a tiny untrained arith run: it writes '#' now and then, at random
+  out = str(tmp_path / "head.safetensors")
+  with pytest.raises(app.UsageError, match="--num_samples must be >= 2"):
+    _cli("budget-head", f"--workdir={path}")
+  _cli("budget-head", f"--workdir={path}", "--num_samples=8", "--limit=32", f"--out={out}")
+  got = capsys.readouterr().out
+  assert "heldout_nll=" in got and f"wrote {out}" in got
+  head = bh.load_budget_head(out, dim=32, vocab_size=None)
+  assert sorted(head) == sorted(bh.HEAD_KEYS)
+  _cli("eval", f"--workdir={path}", "--strategies=greedy", "--limit=2", "--control=budget",
+       "--budget=2", f"--head={out}")
+  assert "control: budget" in capsys.readouterr().out

@@ -48,7 +48,7 @@ Default tiers 'mul:2-4,chain:3-10,reflect:20'. Trace length, measured over 2000 
 
 20.9% of those traces hold a reflection; 20000 examples (seed 1) still have max 169 characters.
 A model on the default tiers needs sampler.max_new_tokens >= 170 (the completion and EOS);
-configs/arith_cot.py uses the shorter tiers 'mul:2-3,chain:3-6' (max 104 characters).
+configs/arith_cot.py uses the shorter tiers 'mul:1-2,chain:2-5' (max 70 characters).
 
 Verifier (`final_answer_reward`): exact string match of `final_answer(completion)` with the
 reference's final answer. `final_answer` is the text after the *last* '#', stripped of leading
