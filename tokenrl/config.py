@@ -94,6 +94,12 @@ def control_config() -> ml_collections.ConfigDict:
   c.budget = 0              # budget: thinking tokens allowed (<= 0: unguided)
   c.head = ''               # budget: the remaining-length head (safetensors file from
                             # `tokenrl budget-head`)
+  # budget: the reference's validity mask, g_v = 0 unless rate >= min_rate, alpha > min_alpha and
+  # the Gamma mode (as tokens) >= min_mode. Its min_rate 10 was set for R1 traces (z = log(L+1)
+  # ~ 5-9); on short traces (z ~ 1-3) it masks the likely continuations: 0 turns it off.
+  c.min_rate = 10.0
+  c.min_alpha = 1.0
+  c.min_mode = 0.9
   c.punctuation = r'.,\,,\n,?,!,:,;,)'  # cntp: strings that close a trial, one token each,
                             # comma-separated; escapes: \, = ',', \n = newline, \t = tab,
                             # \\ = '\'; '' = none (trials end at a stop token or the cap). The

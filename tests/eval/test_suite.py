@@ -267,6 +267,13 @@ def test_build_control_budget_loads_the_head(tmp_path):
   assert float(state["budget"]) == 40.0 and state["head"]["w_alpha"].shape == (32, 58)
   with pytest.raises(ValueError, match=r"sampler.control.head: .*dim 64 and vocab_size 58"):
     build_control(_control(method="budget", head=path), TOK, dim=64, vocab_size=58)
+  # The reference's validity mask by default; each threshold from its key; negative is named.
+  assert (proc.min_rate, proc.min_alpha, proc.min_mode) == (10.0, 1.0, 0.9)
+  proc, _ = build_control(_control(method="budget", head=path, min_rate=0, min_mode=0.5), TOK,
+                          dim=32, vocab_size=58)
+  assert (proc.min_rate, proc.min_alpha, proc.min_mode) == (0.0, 1.0, 0.5)
+  with pytest.raises(ValueError, match=r"sampler.control.min_rate: expected >= 0"):
+    build_control(_control(method="budget", head=path, min_rate=-1), TOK, dim=32, vocab_size=58)
 
 
 # ---- reports and the frontier --------------------------------------------------------------------

@@ -68,6 +68,7 @@ def test_lossy_speculative_methods_are_refused_for_training(method):
     ("cyclic_reflex", "period", 0, r"a number of tokens > 0"),
     ("cyclic_reflex", "reflection", ",", r"comma-separated reflection strings"),
     ("budget", "head", "", r"the budget head file when method='budget'"),
+    ("budget", "min_rate", -1.0, r"a finite number >= 0 \(0: that part of the validity mask"),
 ])
 def test_control_options_name_key_and_fix(method, key, value, allowed):
   cfg = _tiny()

@@ -117,7 +117,13 @@ def build_control(section: Any, tokenizer: Any, *, dim: int,
   if math.isnan(budget):
     raise ValueError(f"{KEY}.budget: expected a number of thinking tokens, got nan")
   newline = _one_id(tokenizer, section["newline"], "newline")
-  proc = BudgetGuidance(newline_ids=(newline,), think_end_id=think_end)
+  mask = {}  # the validity mask's thresholds (a mapping without them: the reference's)
+  for field in ("min_rate", "min_alpha", "min_mode"):
+    if field in section:
+      mask[field] = _finite(section, field)
+      if mask[field] < 0:
+        raise ValueError(f"{KEY}.{field}: expected >= 0 (0: off), got {mask[field]}")
+  proc = BudgetGuidance(newline_ids=(newline,), think_end_id=think_end, **mask)
   return proc, {"head": head, "budget": np.float32(budget)}
 
 
@@ -266,8 +272,9 @@ def describe(section: Any) -> dict[str, Any]:
   """The control's settings that matter for its method (for result files and tables)."""
   method = section["method"]
   keys = {"none": (), "cyclic_reflex": ("think_end", "reflection", "amplitude", "period", "shift"),
-          "budget": ("think_end", "newline", "budget", "head"),
+          "budget": ("think_end", "newline", "budget", "head", "min_rate", "min_alpha",
+                     "min_mode"),
           "cntp": ("punctuation", "max_trials", "h_lo", "h_hi", "max_trial_tokens"),
           "soft_thinking": ("think_end", "max_topk", "min_p", "cold_stop_entropy",
                             "cold_stop_length")}.get(method, ())
-  return {"method": method, **{k: section[k] for k in keys}}
+  return {"method": method, **{k: section[k] for k in keys if k in section}}

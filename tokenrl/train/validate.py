@@ -165,6 +165,9 @@ def _problems(cfg: ml_collections.ConfigDict) -> list[str]:
          "the budget head file when method='budget'", "runs/x/budget_head.safetensors",
          "fit one with tokenrl.train.budget_head.fit_budget_head")
     need("sampler.control.budget", _is_real, "a number of thinking tokens (<= 0: unguided)", "64")
+    for key, default in (("min_rate", "10.0"), ("min_alpha", "1.0"), ("min_mode", "0.9")):
+      need(f"sampler.control.{key}", lambda v: _is_real(v) and v >= 0,
+           "a finite number >= 0 (0: that part of the validity mask is off)", default)
 
   # rewards.*
   need("rewards.timeout_s", lambda v: _is_real(v) and v > 0, "a finite number of seconds > 0",
