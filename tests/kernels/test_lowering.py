@@ -13,6 +13,7 @@ import pytest
 
 from tokenrl.kernels import _common as C
 from tokenrl.kernels import logprobs as L
+from tokenrl.kernels import paged as PA
 from tokenrl.kernels import softmax as S
 
 _TRITON_CALL = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
@@ -50,3 +51,21 @@ def test_non_power_of_two_triton_block_fails_to_lower():
   with pytest.raises(ValueError, match="power of 2"):
     export.export(jax.jit(lambda x: C.row_stats(x, cfg)), platforms=["cuda"],
                   disabled_checks=[_TRITON_CALL])(x)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("platform, backend, block_m", [("cuda", "triton", 64),
+                                                        ("tpu", "mosaic", 128)])
+def test_paged_attention_lowers(platform, backend, block_m, dtype):
+  # Chunked prefill (T=5) with G=7 query heads per KV head: T·G = 35 rows, padded to the block.
+  q = jax.ShapeDtypeStruct((3, 5, 14, 128), dtype)
+  pool = jax.ShapeDtypeStruct((2, 40, 16, 128), dtype)  # [K, P_pages, S_page, H]
+  table = jax.ShapeDtypeStruct((3, 7), jnp.int32)
+  lens = jax.ShapeDtypeStruct((3,), jnp.int32)
+  f = lambda q, k, v, t, kl, ql: PA._paged_pallas(q, k, v, t, kl, ql, backend=backend,
+                                                  block_m=block_m, scale=0.1, softcap=30.0,
+                                                  interpret=False)
+  exp = export.export(jax.jit(f), platforms=[platform], disabled_checks=[_TRITON_CALL])(
+      q, pool, pool, table, lens, lens)
+  text = exp.mlir_module()
+  assert ("triton" in text) if platform == "cuda" else ("tpu_custom_call" in text)

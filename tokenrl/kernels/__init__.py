@@ -7,6 +7,8 @@ flag) and a ``*_reference`` written in plain jnp.
 - ``softmax``: the two-pass softmax / log-softmax (Dukhan & Ablavatski 2020) over long rows.
 - ``logprobs``: per-token log-prob of the target + entropy over the vocabulary in one read of the
   logits (and a variant fused with the output projection).
+- ``paged``: ragged paged attention (decode and chunked prefill, GQA) reading K/V
+  through a page table from a shared page pool (the paged KV cache of ``tokenrl.rollout.pages``).
 - ``tokenselect``: TokenSelect's criticality scoring (cached keys read once), top-k selection with
   the initial/local windows, and attention over the selected tokens (inference only).
 
@@ -36,6 +38,8 @@ from tokenrl.kernels.logprobs import token_logprobs_entropy
 from tokenrl.kernels.logprobs import token_logprobs_entropy_from_hidden
 from tokenrl.kernels.logprobs import token_logprobs_entropy_reference
 from tokenrl.kernels.logprobs import top_entropy_mask
+from tokenrl.kernels.paged import paged_attention
+from tokenrl.kernels.paged import paged_attention_reference
 from tokenrl.kernels.softmax import two_pass_log_softmax
 from tokenrl.kernels.softmax import two_pass_log_softmax_reference
 from tokenrl.kernels.softmax import two_pass_softmax
@@ -50,6 +54,8 @@ from tokenrl.kernels.tokenselect import selected_attention_reference
 __all__ = [
     "criticality_votes",
     "criticality_votes_reference",
+    "paged_attention",
+    "paged_attention_reference",
     "select_tokens",
     "select_tokens_reference",
     "selected_attention",
