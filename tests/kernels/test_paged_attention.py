@@ -75,6 +75,21 @@ def test_kernel_equals_reference_equals_dense(backend, mode, g):
   assert not np.asarray(got)[pad].any()
 
 
+@pytest.mark.parametrize("seed", [11, 12])
+def test_random_ragged_batches(seed):
+  """Random kv lengths in [1, 64] and chunk sizes in [1, min(kv, 6)]: both kernels = dense."""
+  rng = np.random.default_rng(seed)
+  kv = rng.integers(1, 65, size=5)
+  ql = np.minimum(rng.integers(1, 7, size=5), kv)
+  q, kp, vp, table, kvl, qll, dk, dv = _case(kv.tolist(), ql.tolist(), 6, g=2, seed=seed,
+                                             num_pages=32)
+  want = _dense(q, dk, dv, kvl, qll, 0.25)
+  for backend in BACKENDS:
+    got = PA.paged_attention(q, kp, vp, table, kvl, qll, scale=0.25, impl="pallas",
+                             pallas_backend=backend)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bf16_and_softcap(backend):
   q, kp, vp, table, kvl, ql, dk, dv = _case(**PREFILL, g=2, seed=7, dtype=jnp.bfloat16)
