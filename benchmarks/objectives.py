@@ -53,13 +53,17 @@ sys.path.insert(0, REPO)
 TASK_CONFIGS = {"arith": "quickstart", "arith_cot": "arith_cot"}  # --task -> configs/<name>.py
 TASK = "arith"  # set by main() from --task
 # Thinking-length knobs sized to arith_cot's traces (configs/arith_cot.py: <= 72 new tokens,
-# mean thought ~20 tokens): the method defaults (BRPO's 8000 thinking tokens, RMT's 800-token
-# budget) never bind on them. BRPO: prompt bucket + 64 thinking + '..#' + an 8-token summary
-# (answer and EOS) fits max_seq_len; RMT: its budget decays from the whole completion.
+# mean thought ~19 tokens): the method defaults (BRPO's 8000 thinking tokens, RMT's 800-token
+# budget) never bind on them; and the context each method's extra rows need (the SFT model has
+# RoPE positions only, so a longer model.max_seq_len changes no number, only what fits):
+# BRPO's summary rows = prompt bucket of (prompt + 64 thinking + '..#') 128 + an 8-token summary;
+# RMT's NTP rows = bucket of prompt + 71-token answer + EOS; MRT's forced answers are 8 tokens
+# ('#', <= 5 digits, EOS) after a 128-token context.
 ARITH_COT_OVERRIDES = {
-    "brpo": {"max_thinking_tokens": 64, "n_budget_support": 4, "n_summary": 2,
-             "summary_max_tokens": 8},
-    "rmt": {"budget_init": 72},
+    "brpo": {"rl.brpo.max_thinking_tokens": 64, "rl.brpo.n_budget_support": 4,
+             "rl.brpo.n_summary": 2, "rl.brpo.summary_max_tokens": 8, "model.max_seq_len": 136},
+    "rmt": {"rl.rmt.budget_init": 72, "model.max_seq_len": 128},
+    "mrt": {"rl.mrt.answer_tokens": 8, "model.max_seq_len": 136},
 }
 
 
@@ -99,7 +103,11 @@ def bench_config(name: str, seed: int, steps: int, sft_dir: str, eval_size: int,
   method = get_method(name)
   if TASK == "arith_cot":
     for key, value in ARITH_COT_OVERRIDES.get(name, {}).items():
-      cfg.rl[name][key] = value
+      section, field = key.rsplit(".", 1)
+      node = cfg
+      for part in section.split("."):
+        node = node[part]
+      node[field] = value
   elif hasattr(method, "benchmark_overrides"):
     method.benchmark_overrides(cfg)
   return cfg

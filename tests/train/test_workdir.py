@@ -62,3 +62,15 @@ def test_a_value_of_the_wrong_kind_is_named():
   saved["mesh"] = 8
   with pytest.raises(ValueError, match=r"mesh is a value in the saved config but a section"):
     saved_config(saved)
+
+
+def test_init_model_check_ignores_only_the_context_length():
+  from tokenrl import models
+  from tokenrl.train.workdir import check_init_model
+  saved = models.tiny("qwen2", vocab_size=16, dim=32, num_heads=4, num_kv_heads=2, mlp_dim=48,
+                      max_seq_len=64)
+  check_init_model("w", saved, saved)
+  check_init_model("w", saved, saved.replace(max_seq_len=136))  # RoPE: no param depends on it
+  with pytest.raises(ValueError, match=r"model.init_workdir='w' holds a different model .*"
+                                       r"dim: 32 vs 64; use a warm-up of the same model"):
+    check_init_model("w", saved, saved.replace(dim=64, max_seq_len=136))

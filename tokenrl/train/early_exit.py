@@ -87,9 +87,7 @@ def build_early_exit(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
   params = run.params
   if cfg.model.init_workdir:
     other, loaded = workdir_lib.load_params(cfg.model.init_workdir)
-    if other != model:
-      raise ValueError(f"model.init_workdir={cfg.model.init_workdir!r} holds a different model: "
-                       f"{other} vs this config's {model}")
+    workdir_lib.check_init_model(cfg.model.init_workdir, other, model)
     params = workdir_lib.model_params(loaded, model)
   L, T = model.num_layers, cfg.train.max_steps
   rng = NumpyRng(cfg.seed)

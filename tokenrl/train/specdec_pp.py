@@ -233,9 +233,7 @@ def build_specdec_pp(cfg: ml_collections.ConfigDict, workdir: str) -> RunSpec:
   target_params = run.params
   if cfg.model.init_workdir:
     other, params = workdir_lib.load_params(cfg.model.init_workdir)
-    if other != model:
-      raise ValueError(f"model.init_workdir={cfg.model.init_workdir!r} holds a different model: "
-                       f"{other} vs this config's {model}")
+    workdir_lib.check_init_model(cfg.model.init_workdir, other, model)
     target_params = workdir_lib.model_params(params, model)
   draft_model, draft_params, draft_source = build_draft(cfg, tok, model)
   rng = NumpyRng(cfg.seed)

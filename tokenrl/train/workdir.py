@@ -101,3 +101,20 @@ def model_params(params: dict[str, Any], config: Any) -> dict[str, Any]:
   from tokenrl.models import transformer  # pylint: disable=g-import-not-at-top
   known = transformer.param_shapes(config)
   return {k: v for k, v in params.items() if k in known}
+
+
+def check_init_model(path: str, saved: Any, model: Any) -> None:
+  """ValueError unless the model of `path` (model.init_workdir) can start this run's `model`.
+
+  Every field must match except max_seq_len: all families use RoPE, so no param depends on the
+  context length, and a warm-up trained at a shorter context may start a run that needs a longer
+  one (e.g. a method whose extra rows are longer). The error names the fields that differ.
+  """
+  if saved.replace(max_seq_len=model.max_seq_len) == model:
+    return
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  diff = [f"{f.name}: {getattr(saved, f.name)!r} vs {getattr(model, f.name)!r}"
+          for f in dataclasses.fields(model) if f.name != "max_seq_len"
+          and getattr(saved, f.name) != getattr(model, f.name)]
+  raise ValueError(f"model.init_workdir={path!r} holds a different model (its value vs this "
+                   f"config's): {'; '.join(diff)}; use a warm-up of the same model.* settings")
