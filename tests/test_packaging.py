@@ -23,7 +23,7 @@ import uuid
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-KERNEL_MODULES = ("_common", "logprobs", "softmax", "tokenselect")
+KERNEL_MODULES = ("_common", "logprobs", "paged", "softmax", "tokenselect")
 
 # Run from the repo root: transformers' model classes (whose import pulls in the `kernels`
 # distribution when it is installed) together with tokenrl.kernels and one kernel call.
