@@ -6,7 +6,8 @@
 Lossy, evaluation only: `skip_sample` (SkipDecode), `r2r_sample` (R2R small-large routing).
 Test-time control: logit processors in `tokenrl.rollout.controls` (CyclicReflex) and
 `tokenrl.rollout.budget_guidance`; evaluation-only engines `cntp_sample` (CNTP trials) and
-`soft_think_sample` (Soft Thinking concept tokens).
+`soft_think_sample` (Soft Thinking concept tokens). `paged_sample`: `sample`'s output from a
+paged KV cache with continuous batching (tokenrl.rollout.engine).
 """
 
 from tokenrl.rollout.cntp import CNTP_PUNCTUATION, CNTPStats, cntp_sample, punctuation_ids
@@ -14,6 +15,7 @@ from tokenrl.rollout.drafts import LayerDraft, ModelDraft, NGramDraft
 from tokenrl.rollout.budget_guidance import BudgetGuidance
 from tokenrl.rollout.controls import CyclicReflex, compose, compose_with_states
 from tokenrl.rollout.dynamic_exit import del_sample
+from tokenrl.rollout.engine import EngineStats, paged_sample
 from tokenrl.rollout.r2r import r2r_sample
 from tokenrl.rollout.sampler import (DecodeContext, LogitProcessor, SamplerState, bucket_length,
                                      prepare_prompts, sample)
@@ -28,4 +30,5 @@ __all__ = ["DecodeContext", "LogitProcessor", "SamplerState", "bucket_length", "
            "speculative_accept", "spectr_sample", "del_sample", "skip_sample", "r2r_sample",
            "LayerDraft", "ModelDraft", "NGramDraft", "CyclicReflex", "BudgetGuidance", "compose",
            "compose_with_states", "cntp_sample", "punctuation_ids", "CNTPStats",
-           "CNTP_PUNCTUATION", "soft_think_sample", "SoftThinkInfo"]
+           "CNTP_PUNCTUATION", "soft_think_sample", "SoftThinkInfo", "paged_sample",
+           "EngineStats"]
