@@ -125,3 +125,22 @@ def test_refuses_sliding_window_models():
   params = models.init_params(cfg, jax.random.key(0))
   with pytest.raises(ValueError, match="sliding-window"):
     paged_sample(params, PROMPTS, config=cfg, rng=jax.random.key(3), max_new_tokens=T)
+
+
+@pytest.mark.parametrize("config", [
+    # Gemma traits the engine's own layer loop must reproduce: post-norms, (1 + w) norms, the
+    # embedding scale, attention and final logit soft-caps (global layers only: no window).
+    models.tiny("gemma3", vocab_size=16, dim=32, num_heads=4, num_kv_heads=2, mlp_dim=48,
+                sliding_window=0, local_layers=(False, False), attn_logit_softcap=30.0,
+                final_logit_softcap=20.0, eos_ids=(1,), pad_id=0),
+    # qk-norm and 4 query heads per KV head (slow: keeps the fast file under ~80 s).
+    pytest.param(models.tiny("qwen3", vocab_size=16, dim=32, num_heads=4, num_kv_heads=1,
+                             mlp_dim=48, eos_ids=(1,), pad_id=0), marks=pytest.mark.slow),
+], ids=["gemma3-global", "qwen3-gqa4"])
+def test_other_families_equal_sample(config):
+  params = models.init_params(config, jax.random.key(1))
+  kw = dict(config=config, rng=jax.random.key(4), max_new_tokens=6, temperature=1.0,
+            num_samples=2)
+  ref = sample(params, PROMPTS[:3], **kw)
+  out = paged_sample(params, PROMPTS[:3], num_slots=3, page_size=5, **kw)
+  _assert_same(ref, out)
