@@ -57,13 +57,14 @@ TASK = "arith"  # set by main() from --task
 # budget) never bind on them; and the context each method's extra rows need (the SFT model has
 # RoPE positions only, so a longer model.max_seq_len changes no number, only what fits):
 # BRPO's summary rows = prompt bucket of (prompt + 64 thinking + '..#') 128 + an 8-token summary;
-# RMT's NTP rows = bucket of prompt + 71-token answer + EOS; MRT's forced answers are 8 tokens
-# ('#', <= 5 digits, EOS) after a 128-token context.
+# RMT's NTP rows = bucket of prompt + 71-token answer + EOS; MRT forces the answer with the
+# task's own delimiter '#' (its termination text) and 8 tokens (<= 5 digits, EOS) after a
+# 128-token context.
 ARITH_COT_OVERRIDES = {
     "brpo": {"rl.brpo.max_thinking_tokens": 64, "rl.brpo.n_budget_support": 4,
              "rl.brpo.n_summary": 2, "rl.brpo.summary_max_tokens": 8, "model.max_seq_len": 136},
     "rmt": {"rl.rmt.budget_init": 72, "model.max_seq_len": 128},
-    "mrt": {"rl.mrt.answer_tokens": 8, "model.max_seq_len": 136},
+    "mrt": {"rl.mrt.termination_text": "#", "rl.mrt.answer_tokens": 8, "model.max_seq_len": 136},
 }
 
 

@@ -84,3 +84,16 @@ def test_regex_reward_pickles():
   assert r2("x <answer>12</answer>", {}) == 0.5 and r2("<answer>a</answer>", {}) == 0.0
   assert rewards.RegexReward(r"\d+", fullmatch=True)("12 ", {}) == 0.0
   pickle.dumps(functools.partial(rewards.math_answer_reward))
+
+
+def test_delimited_answer_text_puts_the_think_end_back_only_for_delimited_tasks():
+  from tokenrl.data import task_arith_cot
+  from tokenrl.data.rewards import delimited_answer_text, task_reward
+  cot = {"task": "arith_cot", "prompt": "37*4+9=", "answer": "37*4=148\n148+9=157\n#157"}
+  plain = {"task": "arith", "prompt": "12+7=", "answer": "19"}
+  assert delimited_answer_text("157", "#", cot) == "#157"
+  assert task_arith_cot.final_answer_reward(delimited_answer_text("157", "#", cot), cot) == 1.0
+  assert task_arith_cot.final_answer_reward("157", cot) == 0.0  # why: no '#', no answer
+  assert delimited_answer_text("19", "#", plain) == "19"
+  assert task_reward(delimited_answer_text("19", "#", plain), plain) == 1.0
+  assert delimited_answer_text("157", "", cot) == "157"

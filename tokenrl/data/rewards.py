@@ -161,6 +161,20 @@ def _gold(example: Mapping[str, Any]) -> str:
   return str(example["answer"])
 
 
+def delimited_answer_text(answer: str, delimiter: str, example: Mapping[str, Any]) -> str:
+  """The text a verifier should score for an answer written after `delimiter` (a think end).
+
+  Methods that sample the answer apart from the thought (BRPO's summaries, MRT's forced answers)
+  hold the answer alone. A think-delimited task (its reference completion holds `delimiter`,
+  e.g. arith_cot's '#') verifies the text after the delimiter, so the delimiter goes back in
+  front: '157' -> '#157'. An answer-only task (the quickstart's 'arith') verifies the answer as
+  is. An empty delimiter changes nothing.
+  """
+  if delimiter and delimiter in str(example.get("answer", "")):
+    return delimiter + answer
+  return answer
+
+
 def exact_answer_reward(completion: str, example: Mapping[str, Any]) -> float:
   """1.0 if completion.strip() == str(example['answer']).strip(), else 0.0 (embedded tasks)."""
   return float(completion.strip() == _gold(example).strip())

@@ -21,7 +21,9 @@ so the train step compiles once.
 
 Char tokenizer mapping (the embedded tasks): '#' plays `</think>`, '..' the "...\\n\\n..." cut
 marker, and the "**Final Answer**" header is empty by default: after the delimiter the model
-writes the bare answer, which is what the exact-match verifiers read.
+writes the bare answer, which is what the exact-match verifiers read. On a think-delimited task
+(arith_cot: its reference completions hold '#', its verifier reads the text after it) the
+summary is scored as think_end + summary (`rewards.delimited_answer_text`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from tokenrl.data.rewards import delimited_answer_text
 from tokenrl.methods.base import Method, StepContext, StepData
 from tokenrl.methods.registry import register
 from tokenrl.objectives import brpo as brpo_lib
@@ -227,6 +230,8 @@ class Brpo(Method):
     M = N * S * A
     s_texts = decode_completions(tok, s_tok, s_mask)
     s_examples = [ctx.examples[k // (S * A) // G] for k in range(M)]
+    # A think-delimited task's verifier reads the text after think_end: score '#' + summary.
+    s_texts = [delimited_answer_text(t, sec.think_end, ex) for t, ex in zip(s_texts, s_examples)]
     res = ctx.score(s_texts, s_examples)
     correct = (np.asarray(res.per_fn["task"]) >= 1).reshape(N, S, A)
     extra_close = ((s_tok == close) & (s_mask == 1)).any(axis=1).reshape(N, S, A)

@@ -9,8 +9,10 @@ exact setup, whose α, M and episode segmentation were not found):
     forced answer is a continuation sampled from the rollout policy (the meta-prover μ) with a
     budget of answer_tokens (0 = T); it is scored as o[:b_j] ⊕ continuation when there is no
     termination text (the embedded tasks have no separate thinking block), else as the
-    continuation alone. Identical contexts (a shared prefix in the group, an empty episode)
-    share one estimate; at the end of a finished completion J = its own correctness;
+    continuation alone (termination_text + continuation when the task's reference completions
+    hold the termination text, e.g. '#' on arith_cot: `rewards.delimited_answer_text`).
+    Identical contexts (a shared prefix in the group, an empty episode) share one estimate; at
+    the end of a finished completion J = its own correctness;
   * prog_j = J(b_{j+1}) − J(b_j); token t of episode j gets A_out + α·prog_j
     (objectives.mrt.progress_advantages), or, with variant='termination_baseline', r − J(b_j).
 Cost per step: up to B + N·E contexts × M samples of answer_tokens tokens (padded to a power of
@@ -27,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from tokenrl.data.prompts import bucket_length, decode_completions
+from tokenrl.data.rewards import delimited_answer_text
 from tokenrl.methods import guide_grpo as guide
 from tokenrl.methods.base import Method, StepContext, StepData, default_shape
 from tokenrl.methods.registry import register
@@ -77,7 +80,10 @@ def forced_success(ctx: StepContext, data: StepData, boundaries: np.ndarray, sec
   cont = np.asarray(rollout.tokens)[:len(contexts) * m]
   cmask = np.asarray(rollout.mask)[:len(contexts) * m]
   if tail:
-    texts = decode_completions(ctx.tokenizer, cont, cmask)
+    # The answer alone; on a think-delimited task whose delimiter is the termination text
+    # (arith_cot with termination_text='#'), '#' + answer, what its verifier reads.
+    texts = [delimited_answer_text(t, section.termination_text, data.examples[owner[r // m]])
+             for r, t in enumerate(decode_completions(ctx.tokenizer, cont, cmask))]
   else:
     # Score prefix ⊕ continuation: the prefix is part of the answer on tasks without a thinking block.
     width = t + budget
