@@ -239,8 +239,7 @@ def _own_trainer(method: Any):
 
 def _init_from_workdir(path: str, model: Any) -> Any:
   """The decoder params of another run's latest checkpoint (e.g. a shared SFT warm-up)."""
-  from tokenrl.train.workdir import load_workdir, model_params  # pylint: disable=g-import-not-at-top
-  from tokenrl.train.workdir import check_init_model  # pylint: disable=g-import-not-at-top
+  from tokenrl.train.workdir import check_init_model, load_workdir, model_params  # pylint: disable=g-import-not-at-top
   _, other, params = load_workdir(path)
   check_init_model(path, other.model, model)
   return model_params(params, model)
