@@ -22,6 +22,9 @@ shift || true
 case "$cmd" in
   env) ;;
   train) exec .venv/bin/tokenrl train --config configs/quickstart.py --workdir "${WORKDIR:-runs/quickstart}" "$@" ;;
-  test) exec .venv/bin/python -m pytest -q "$@" ;;
+  # Two pytest workers, each test file on one worker (module fixtures built once): on 2 cores
+  # most of the suite is single-threaded XLA compilation, so two at a time use both cores.
+  # TOKENRL_TEST_WORKERS=0 runs in one process.
+  test) exec .venv/bin/python -m pytest -q -n "${TOKENRL_TEST_WORKERS:-2}" --dist loadfile "$@" ;;
   *) echo "usage: ./dev.sh {train|test|env}" >&2; exit 2 ;;
 esac
