@@ -212,6 +212,7 @@ def main() -> None:
   if args.quick:
     args.seeds, args.problems, args.n, args.head_prompts = "0", 32, 8, 32
   import jax
+  from tokenrl.eval.control_build import one_token_id
   from tokenrl.models.budget_head import save_budget_head
   from tokenrl.train.budget_head import fit_budget_head
   from tokenrl.train.setup import encode_prompts
@@ -225,7 +226,7 @@ def main() -> None:
          "prompt_ids": encode_prompts(cfg, tok, examples), "verifier": run.verifier,
          "max_new": int(cfg.sampler.max_new_tokens), "temperature": float(cfg.rl.temperature),
          "top_k": int(cfg.sampler.top_k), "top_p": float(cfg.sampler.top_p)}
-  think_end = tok.encode(cfg.sampler.control.think_end, add_special_tokens=False)[-1]
+  think_end = one_token_id(tok, cfg.sampler.control.think_end, "think_end")
   head, head_info = fit_budget_head(
       params, run.model, encode_prompts(cfg, tok, run.train_examples[:args.head_prompts]),
       think_end_id=think_end, stop_tokens=tuple(tok.eos_token_ids), max_new_tokens=ctx["max_new"],

@@ -485,7 +485,7 @@ def _cmd_budget_head() -> None:
   WORKDIR/budget_head.safetensors) and prints the fit's held-out numbers.
   """
   import jax
-  from tokenrl.eval.control_build import KEY, _one_id
+  from tokenrl.eval.control_build import KEY, one_token_id
   from tokenrl.models.budget_head import save_budget_head
   from tokenrl.train.budget_head import fit_budget_head
   from tokenrl.train.setup import encode_prompts
@@ -497,7 +497,7 @@ def _cmd_budget_head() -> None:
   cfg, run, params = load_workdir(_WORKDIR.value)
   tok = run.tokenizer
   try:
-    think_end = _one_id(tok, cfg.sampler.control.think_end, "think_end")
+    think_end = one_token_id(tok, cfg.sampler.control.think_end, "think_end")
   except ValueError as e:
     raise app.UsageError(f"{e} (the run's {KEY}.think_end)") from None
   prompts = encode_prompts(cfg, tok, run.train_examples[:_LIMIT.value or 256])

@@ -52,7 +52,7 @@ def _ids(tokenizer: Any, strings: Sequence[str], field: str) -> tuple[int, ...]:
     raise ValueError(f"{what}: {e}") from None
 
 
-def _one_id(tokenizer: Any, text: str, field: str) -> int:
+def one_token_id(tokenizer: Any, text: str, field: str) -> int:
   """The single token id of `text`, the error naming sampler.control.<field>."""
   if not text:
     raise ValueError(f"{KEY}.{field}: expected a string that is one token, got ''")
@@ -87,7 +87,7 @@ def build_control(section: Any, tokenizer: Any, *, dim: int,
   if method == "none" or method in EVAL_ONLY_CONTROLS:  # decoders: `build_decoder`
     return None, None
   # '' = no end-of-thinking token: the control acts on the whole completion.
-  think_end = _one_id(tokenizer, section["think_end"], "think_end") if section["think_end"] else None
+  think_end = one_token_id(tokenizer, section["think_end"], "think_end") if section["think_end"] else None
   if method == "cyclic_reflex":
     # Not stripped: ' wait' and 'wait' are different BPE tokens, and the space is meant.
     words = [w for w in str(section["reflection"]).split(",") if w]
@@ -116,7 +116,7 @@ def build_control(section: Any, tokenizer: Any, *, dim: int,
   budget = float(section["budget"])
   if math.isnan(budget):
     raise ValueError(f"{KEY}.budget: expected a number of thinking tokens, got nan")
-  newline = _one_id(tokenizer, section["newline"], "newline")
+  newline = one_token_id(tokenizer, section["newline"], "newline")
   mask = {}  # the validity mask's thresholds (a mapping without them: the reference's)
   for field in ("min_rate", "min_alpha", "min_mode"):
     if field in section:
@@ -261,7 +261,7 @@ def build_decoder(section: Any, tokenizer: Any, *, config: Any) -> ControlDecode
   tau = _finite(section, "cold_stop_entropy")
   if tau < 0:
     raise ValueError(f"{KEY}.cold_stop_entropy: expected nats >= 0 (0 = Cold Stop off), got {tau}")
-  settings = dict(think_end_id=_one_id(tokenizer, section["think_end"], "think_end"),
+  settings = dict(think_end_id=one_token_id(tokenizer, section["think_end"], "think_end"),
                   max_topk=_int(section, "max_topk", 1, int(config.vocab_size)), min_p=min_p,
                   early_stopping_entropy_threshold=tau,
                   early_stopping_length_threshold=_int(section, "cold_stop_length", 1))

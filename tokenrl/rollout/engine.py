@@ -140,8 +140,9 @@ def _paged_forward(layers, params, tokens, positions, pools, page_table, kv_lens
   return norm(x, params["final_norm"]), tuple(new_pools)
 
 
-def _split(params, config):
-  return [jax.tree.map(lambda w, l=l: w[l], params["layers"]) for l in range(config.num_layers)]
+def _split(params):
+  """The L per-layer weight dicts (`transformer.split_layers`: sliced once, outside loops)."""
+  return transformer.split_layers(params)["layers"]
 
 
 @functools.partial(jax.jit, static_argnames=("config", "impl"), donate_argnums=(1, 2))
@@ -155,7 +156,7 @@ def _prefill(params, pools, holder_hidden, tokens, lens, page_table, holder_idx,
   w = tokens.shape[1]
   cols = jnp.arange(w, dtype=jnp.int32)[None]
   positions = jnp.where(cols < lens[:, None], cols, -1)
-  hidden, pools = _paged_forward(_split(params, config), params, tokens, positions, pools,
+  hidden, pools = _paged_forward(_split(params), params, tokens, positions, pools,
                                  page_table, lens, lens, config=config, impl=impl)
   last = hidden[jnp.arange(tokens.shape[0]), jnp.maximum(lens - 1, 0)]  # [A,D]
   holder_hidden = holder_hidden.at[holder_idx].set(last.astype(holder_hidden.dtype), mode="drop")
@@ -207,7 +208,7 @@ def _decode(params, state: _Slots, page_table, rng, temperature, aux, stop_on_fi
             max_new_tokens, top_k, top_p, stop_tokens, logit_processor, impl) -> _Slots:
   """Decode steps until a row finishes (stop_on_finish) or every slot is idle."""
   n = state.tokens.shape[0]
-  layers = _split(params, config)  # sliced once, outside the loop (see sampler._generate)
+  layers = _split(params)  # sliced once, outside the loop (see sampler._generate)
   greedy = temperature <= 0
   divisor = jnp.where(greedy, 1.0, temperature).astype(jnp.float32)
   stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
